@@ -1,0 +1,38 @@
+"""Segment endpoint regions and the tracking API base URL of each.
+
+Source: Segment's Segment Profiles destination (``SEGMENT_ENDPOINTS`` in segmentio/action-destinations,
+``destinations/segment-profiles/properties.ts``) and the HTTP tracking API doc
+(https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#regional-configuration).
+"""
+
+from __future__ import annotations
+
+DEFAULT_REGION = "north_america"
+
+#: region name -> tracking API base URL (ends in ``/v1``).
+REGIONS: dict[str, str] = {
+    "north_america": "https://api.segment.io/v1",
+    "europe": "https://events.eu1.segmentapis.com/v1",
+}
+
+
+class UnknownRegionError(ValueError):
+    """Raised when a connection names a region Segment does not have."""
+
+    def __init__(self, region: object) -> None:
+        allowed = ", ".join(sorted(REGIONS))
+        super().__init__(f"Unknown Segment endpoint region {region!r}; allowed values: {allowed}.")
+
+
+def base_url_for_region(region: str | None) -> str:
+    """
+    Return the tracking API base URL of a region.
+
+    :param region: ``north_america`` or ``europe``; ``None`` or ``""`` means ``north_america``.
+    :raises UnknownRegionError: for any other value; the message lists the allowed values.
+    """
+    name = (region or DEFAULT_REGION).strip().lower()
+    try:
+        return REGIONS[name]
+    except KeyError:
+        raise UnknownRegionError(region) from None

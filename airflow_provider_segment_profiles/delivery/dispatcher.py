@@ -1,0 +1,156 @@
+"""Batching messages per Profile Space and keeping several requests in flight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from airflow_provider_segment_profiles.delivery.limits import MAX_BATCH_ITEM_BYTES, MAX_BATCH_MESSAGES
+from airflow_provider_segment_profiles.delivery.outcome import DeliveryResult
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
+    from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+
+DELIVERED, REJECTED, FAILED = "delivered", "rejected", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """
+    The outcome of one message.
+
+    :param ref: the caller's reference given to :meth:`Dispatcher.add`.
+    :param outcome: ``"delivered"``, ``"rejected"`` or ``"failed"``.
+    :param reason: why it was not delivered (empty when delivered).
+    """
+
+    ref: Any
+    outcome: str
+    reason: str = ""
+
+
+class _Batch:
+    __slots__ = ("items", "nbytes", "refs")
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.refs: list[Any] = []
+        self.nbytes = 0
+
+
+class Dispatcher:
+    """
+    Collects encoded messages into batches per Profile Space and sends them from a thread pool.
+
+    At most ``max_in_flight`` requests run at once; :meth:`add` blocks while they are all busy, so memory
+    stays bounded by ``max_in_flight + spaces`` batches whatever the number of records. Completions are
+    handed back to the calling thread, which keeps all bookkeeping single-threaded.
+
+    :param hooks: Profile Space connection id -> hook sending to it.
+    :param batch_size: most messages per batch (<= 2,500).
+    :param max_in_flight: most requests in flight (>= 1).
+    :param rate_limiter: shared token bucket in events per second, or ``None``.
+    :param dry_run_sink: when given, messages are written to it as NDJSON instead of being sent, and count
+        as delivered.
+    """
+
+    def __init__(
+        self,
+        hooks: dict[str, SegmentProfilesHook],
+        *,
+        batch_size: int = 500,
+        max_in_flight: int = 4,
+        rate_limiter: TokenBucket | None = None,
+        dry_run_sink: IO[bytes] | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH_MESSAGES:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_MESSAGES}")
+        if max_in_flight < 1:
+            raise ValueError("max_requests_in_flight must be >= 1")
+        self.hooks = hooks
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.rate_limiter = rate_limiter
+        self.dry_run_sink = dry_run_sink
+        self.on_sent = on_sent
+        self.requests = 0
+        self._batches: dict[str, _Batch] = {}
+        self._futures: dict[Future[DeliveryResult], list[Any]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="segment-profiles")
+
+    def add(self, space: str, encoded: bytes, ref: Any) -> list[Completion]:
+        """
+        Queue one message for a Profile Space; return the completions that arrived meanwhile.
+
+        :param space: key into ``hooks``.
+        :param encoded: the message's compact UTF-8 JSON.
+        :param ref: anything; handed back in the message's :class:`Completion`.
+        """
+        batch = self._batches.get(space)
+        if batch is None:
+            batch = self._batches[space] = _Batch()
+        elif batch.nbytes + len(encoded) + 1 > MAX_BATCH_ITEM_BYTES:
+            self._submit(space)
+            batch = self._batches[space] = _Batch()
+        batch.items.append(encoded)
+        batch.refs.append(ref)
+        batch.nbytes += len(encoded) + 1
+        if len(batch.items) >= self.batch_size:
+            self._submit(space)
+            del self._batches[space]
+        return self._collect(block=len(self._futures) >= self.max_in_flight)
+
+    def poll(self) -> list[Completion]:
+        """Completions that have arrived, without waiting."""
+        return self._collect(block=False)
+
+    def flush(self) -> list[Completion]:
+        """Send every partial batch and wait for all requests; return their completions."""
+        for space in list(self._batches):
+            self._submit(space)
+        self._batches.clear()
+        completions: list[Completion] = []
+        while self._futures:
+            completions.extend(self._collect(block=True))
+        return completions
+
+    def close(self) -> None:
+        """Stop the pool; requests already running finish or fail on their own timeouts."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, space: str) -> None:
+        batch = self._batches[space]
+        if not batch.items:
+            return
+        if self.dry_run_sink is not None:
+            self.dry_run_sink.write(b"\n".join(batch.items) + b"\n")
+            future: Future[DeliveryResult] = Future()
+            future.set_result(DeliveryResult(delivered=list(range(len(batch.items)))))
+        else:
+            future = self._pool.submit(
+                self.hooks[space].send_encoded, batch.items, rate_limiter=self.rate_limiter
+            )
+        self._futures[future] = batch.refs
+
+    def _collect(self, block: bool) -> list[Completion]:
+        if not self._futures:
+            return []
+        if block:
+            done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self._futures if f.done()]
+        completions: list[Completion] = []
+        for future in done:
+            refs = self._futures.pop(future)
+            result = future.result()
+            self.requests += result.requests
+            completions.extend(Completion(refs[i], DELIVERED) for i in result.delivered)
+            completions.extend(Completion(refs[p.index], REJECTED, p.reason) for p in result.rejected)
+            completions.extend(Completion(refs[p.index], FAILED, p.reason) for p in result.failed)
+            if self.on_sent is not None:
+                self.on_sent(len(result.delivered))
+        return completions

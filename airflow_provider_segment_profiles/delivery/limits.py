@@ -1,0 +1,46 @@
+"""Segment's tracking API size limits and how messages are grouped into ``/v1/batch`` requests.
+
+Source: https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#max-request-size
+("There is a maximum of 32KB per call ... The batch API endpoint accepts a maximum of 500KB per request,
+with a limit of 32KB per event in the batch ... no more than 2500 events per batch").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+#: Largest single message Segment accepts, in UTF-8 bytes of its JSON.
+MAX_MESSAGE_BYTES = 32 * 1024
+#: Most events Segment accepts in one ``/v1/batch`` request.
+MAX_BATCH_MESSAGES = 2500
+#: Budget for the sum of message sizes in one request, in bytes. Segment's limit is 500 KB for the whole
+#: body; like analytics-python (``BATCH_SIZE_LIMIT = 475000``) we keep 25,000 bytes for the envelope
+#: (``{"batch":[...],"sentAt":...}``, commas).
+MAX_BATCH_ITEM_BYTES = 475_000
+
+
+def plan_requests(
+    sizes: Sequence[int],
+    *,
+    max_messages: int = MAX_BATCH_MESSAGES,
+    max_bytes: int = MAX_BATCH_ITEM_BYTES,
+) -> Iterator[list[int]]:
+    """
+    Group message indexes, in order, into requests that respect the count and byte limits.
+
+    :param sizes: UTF-8 byte size of each message's JSON; every size must be <= ``max_bytes``.
+    :param max_messages: most messages per request (<= 2,500).
+    :param max_bytes: most bytes of messages per request.
+    :return: lists of indexes into ``sizes``; each list is one request.
+    """
+    current: list[int] = []
+    current_bytes = 0
+    for index, size in enumerate(sizes):
+        # +1 for the comma that joins items in the body.
+        if current and (len(current) >= max_messages or current_bytes + size + 1 > max_bytes):
+            yield current
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size + 1
+    if current:
+        yield current

@@ -1,0 +1,420 @@
+"""Hook for Segment's tracking API, as the Segment Profiles destination uses it."""
+
+from __future__ import annotations
+
+import base64
+import gzip as gzip_module
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import requests
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_segment_profiles import __version__
+from airflow_provider_segment_profiles.delivery.limits import (
+    MAX_BATCH_ITEM_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_MESSAGE_BYTES,
+    plan_requests,
+)
+from airflow_provider_segment_profiles.delivery.outcome import DeliveryResult, MessageProblem
+from airflow_provider_segment_profiles.delivery.retry import (
+    RETRYABLE_STATUSES,
+    RetryPolicy,
+    parse_retry_after,
+)
+from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS, base_url_for_region
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
+
+#: Requests a top-level request may add while splitting itself to isolate the messages Segment refuses.
+MAX_SPLIT_REQUESTS = 64
+_ERROR_BODY_CHARS = 500
+
+
+class SegmentProfilesHook(BaseHook):
+    """
+    Send messages to the tracking API of the Segment workspace that holds a Profile Space.
+
+    The connection (type ``segment_profiles``) carries the write key of the Profile Space's source in
+    ``password``, the endpoint region in extra ``region`` (``north_america`` or ``europe``) and an optional
+    ``host`` that overrides the base URL (a proxy, or :class:`~airflow_provider_segment_profiles.testing.SegmentEmulator`).
+    Messages go to ``POST {base_url}/batch`` with ``Authorization: Basic base64(write_key + ":")``
+    (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#authentication).
+
+    The write key is registered with Airflow's secrets masker, kept out of ``repr`` and never put in a log
+    line, exception or return value.
+
+    :param segment_profiles_conn_id: id of a ``segment_profiles`` connection.
+    :param timeout: ``(connect, read)`` timeouts of each HTTP request, in seconds.
+    :param retry_policy: retry bounds (:class:`RetryPolicy`, or a dict of its fields).
+    :param gzip: compress request bodies (``Content-Encoding: gzip``); ``None`` reads the connection's
+        extra ``gzip`` (default off).
+    :param pool_size: HTTP connections kept open; set it to the number of threads sending at once.
+    :param sleep: sleep function in seconds (injectable so tests check retry waits without waiting).
+    :param clock: monotonic clock in seconds (injectable, with ``sleep``).
+    :param jitter: ``uniform(a, b)`` used for backoff jitter (injectable).
+    """
+
+    conn_name_attr = "segment_profiles_conn_id"
+    default_conn_name = "segment_profiles_default"
+    conn_type = "segment_profiles"
+    hook_name = "Segment Profiles"
+
+    def __init__(
+        self,
+        segment_profiles_conn_id: str = default_conn_name,
+        *,
+        timeout: tuple[float, float] = (10.0, 30.0),
+        retry_policy: RetryPolicy | dict[str, float] | None = None,
+        gzip: bool | None = None,
+        pool_size: int = 8,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.segment_profiles_conn_id = segment_profiles_conn_id
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy.coerce(retry_policy)
+        self._gzip = gzip
+        self.pool_size = pool_size
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(segment_profiles_conn_id={self.segment_profiles_conn_id!r})"
+
+    # -- connection form (Airflow 3.1 reads these; 3.2+ reads the same from get_provider_info) --------
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields of the connection form."""
+        from airflow_provider_segment_profiles.get_provider_info import UI_FIELD_BEHAVIOUR
+
+        return {
+            "hidden_fields": UI_FIELD_BEHAVIOUR["hidden-fields"],
+            "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
+            "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The Endpoint Region dropdown, for Airflow versions that build the form from wtforms."""
+        try:
+            from flask_appbuilder.fieldwidgets import Select2Widget
+            from flask_babel import lazy_gettext
+            from wtforms import SelectField
+        except ImportError:  # no FAB UI installed: Airflow 3.2+ uses conn-fields from provider info
+            return {}
+        choices = [(name, name) for name in sorted(REGIONS)]
+        return {
+            "region": SelectField(
+                lazy_gettext("Endpoint Region"),
+                choices=choices,
+                default=DEFAULT_REGION,
+                widget=Select2Widget(),
+            )
+        }
+
+    # -- connection ----------------------------------------------------------------------------------
+    @cached_property
+    def _settings(self) -> tuple[str, str, str, bool]:
+        """``(write_key, region, base_url, gzip)`` read once from the connection."""
+        from airflow.sdk.log import mask_secret
+
+        conn = self.get_connection(self.segment_profiles_conn_id)
+        write_key = conn.password or ""
+        if write_key:
+            mask_secret(write_key)
+            mask_secret(_basic_auth(write_key))
+        extra = conn.extra_dejson or {}
+        region = str(extra.get("region") or DEFAULT_REGION)
+        region_url = base_url_for_region(region)
+        host = (conn.host or "").strip()
+        base_url = _normalise_host(host) if host else region_url
+        use_gzip = self._gzip if self._gzip is not None else _truthy(extra.get("gzip", False))
+        return write_key, region.strip().lower(), base_url, use_gzip
+
+    @property
+    def region(self) -> str:
+        """Endpoint region of the connection: ``north_america`` or ``europe``."""
+        return self._settings[1]
+
+    @property
+    def base_url(self) -> str:
+        """
+        Tracking API base URL, ending in ``/v1``.
+
+        :raises UnknownRegionError: when the connection's region is not one Segment has.
+        """
+        return self._settings[2]
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """Pooled HTTP session with the auth and content headers set."""
+        write_key = self._settings[0]
+        if not write_key.strip():
+            raise ValueError(
+                f"Connection {self.segment_profiles_conn_id!r} has no write key: put the write key of the "
+                "Profile Space's source in the connection's Write Key (password) field."
+            )
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update(
+            {
+                "Authorization": _basic_auth(write_key),
+                "Content-Type": "application/json",
+                "User-Agent": f"airflow-provider-segment-profiles/{__version__}",
+            }
+        )
+        if self._settings[3]:
+            session.headers["Content-Encoding"] = "gzip"
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """Return the pooled :class:`requests.Session` (Airflow's hook contract)."""
+        return self.session
+
+    def close(self) -> None:
+        """Close pooled HTTP connections. Safe to call more than once, and from another thread."""
+        session = self.__dict__.pop("session", None)
+        if session is not None:
+            session.close()
+
+    # -- sending -------------------------------------------------------------------------------------
+    def send_messages(self, messages: Iterable[dict[str, Any]]) -> DeliveryResult:
+        """
+        Send tracking API messages in as many ``/v1/batch`` requests as Segment's limits require.
+
+        :param messages: message dicts, each with ``type`` (``identify``, ``group``, ``track``, ...).
+            Values must be JSON-serialisable; NaN and Infinity are refused.
+        :return: a :class:`DeliveryResult` whose indexes refer to the order of ``messages``.
+        :raises ValueError: when a message cannot be serialised to strict JSON.
+        """
+        encoded = [
+            json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            for m in messages
+        ]
+        return self.send_encoded(encoded)
+
+    def send_encoded(
+        self, items: Sequence[bytes], *, rate_limiter: TokenBucket | None = None
+    ) -> DeliveryResult:
+        """
+        Send already-serialised messages; the fast path used by the sync operator.
+
+        Messages over 32,768 bytes are rejected alone; the rest are grouped into requests of at most
+        2,500 messages and 475,000 bytes of messages. Each request is retried per :attr:`retry_policy`;
+        a request Segment refuses for its content (4xx, or 5xx that outlasts the retries) is split in
+        halves to isolate the refused messages, within :data:`MAX_SPLIT_REQUESTS` extra requests.
+
+        :param items: compact UTF-8 JSON of each message.
+        :param rate_limiter: shared token bucket; one token is taken per message per attempt.
+        :return: outcome of every item, by index into ``items``.
+        """
+        result = DeliveryResult()
+        sendable: list[int] = []
+        for index, item in enumerate(items):
+            if len(item) > MAX_MESSAGE_BYTES:
+                result.rejected.append(
+                    MessageProblem(
+                        index,
+                        f"message is {len(item):,} bytes of JSON; Segment accepts at most "
+                        f"{MAX_MESSAGE_BYTES:,} bytes per message",
+                    )
+                )
+            else:
+                sendable.append(index)
+        sizes = [len(items[i]) for i in sendable]
+        for group in plan_requests(sizes, max_messages=MAX_BATCH_MESSAGES, max_bytes=MAX_BATCH_ITEM_BYTES):
+            indexes = [sendable[i] for i in group]
+            self._send_splitting(
+                items, indexes, result, rate_limiter, budget=[MAX_SPLIT_REQUESTS], first=True
+            )
+        return result
+
+    def _send_splitting(
+        self,
+        items: Sequence[bytes],
+        indexes: list[int],
+        result: DeliveryResult,
+        rate_limiter: TokenBucket | None,
+        budget: list[int],
+        first: bool,
+    ) -> None:
+        policy = self.retry_policy if first else _split_policy(self.retry_policy)
+        ok, status, reason, requests_made = self._post_batch(
+            [items[i] for i in indexes], policy, rate_limiter
+        )
+        result.requests += requests_made
+        if ok:
+            result.delivered.extend(indexes)
+            return
+        # A refusal with an HTTP status may be caused by one message; a network failure is not.
+        if status is not None and len(indexes) > 1 and budget[0] >= 2:
+            budget[0] -= 2
+            half = len(indexes) // 2
+            self.log.info(
+                "Segment refused a request of %d messages (%s); splitting it to isolate the refused ones",
+                len(indexes),
+                reason,
+            )
+            for part in (indexes[:half], indexes[half:]):
+                self._send_splitting(items, part, result, rate_limiter, budget, first=False)
+            return
+        result.failed.extend(MessageProblem(i, reason) for i in indexes)
+
+    def _post_batch(
+        self, items: list[bytes], policy: RetryPolicy, rate_limiter: TokenBucket | None
+    ) -> tuple[bool, int | None, str, int]:
+        """
+        POST one ``/v1/batch`` request with retries.
+
+        :return: ``(delivered, last HTTP status or None, failure reason, requests made)``.
+        """
+        url = f"{self.base_url}/batch"
+        session = self.session
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            if rate_limiter is not None:
+                rate_limiter.acquire(len(items))
+            body = _batch_body(items)
+            if self._settings[3]:
+                body = gzip_module.compress(body, compresslevel=6)
+            wait: float | None = None
+            status: int | None = None
+            try:
+                response = session.post(url, data=body, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                reason = f"{type(err).__name__} talking to {url}"
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return True, status, "", attempt
+                reason = f"HTTP {status} from Segment: {_error_body(response)}"
+                if status not in RETRYABLE_STATUSES:
+                    self.log.warning("Segment refused %d messages: %s (not retried)", len(items), reason)
+                    return False, status, reason, attempt
+                if status == 429:
+                    wait = parse_retry_after(response.headers)
+                    if wait is not None:
+                        wait = min(wait, policy.max_retry_after_s)
+            if attempt >= policy.max_attempts:
+                self.log.warning(
+                    "Giving up on %d messages after %d attempts: %s", len(items), attempt, reason
+                )
+                return False, status, f"{reason} (after {attempt} attempts)", attempt
+            if wait is None:
+                wait = policy.backoff_s(attempt, self._jitter) if self._jitter else policy.backoff_s(attempt)
+            if self._clock() - started + wait > policy.max_total_s:
+                self.log.warning(
+                    "Giving up on %d messages: retrying in %.1f s would pass the %.0f s retry budget (%s)",
+                    len(items),
+                    wait,
+                    policy.max_total_s,
+                    reason,
+                )
+                return False, status, f"{reason} (retry budget of {policy.max_total_s:.0f} s spent)", attempt
+            self.log.info(
+                "Retrying %d messages in %.2f s (attempt %d): %s", len(items), wait, attempt, reason
+            )
+            self._sleep(wait)
+
+    # -- connection test -----------------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check what can be checked without sending an event.
+
+        Segment's tracking API answers 200 to any non-empty write key and silently drops the events of an
+        unknown one (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#errors),
+        so this test checks that the key is present and well-formed and that the region's host answers an
+        empty batch; it cannot prove that the key belongs to the Profile Space's source.
+
+        :return: ``(ok, message)``; never raises, never includes the write key.
+        """
+        try:
+            write_key, region, base_url, _ = self._settings
+        except Exception as err:
+            return False, _scrub(str(err), self)
+        problem = _write_key_problem(write_key)
+        if problem:
+            return False, problem
+        try:
+            response = self.session.post(f"{base_url}/batch", data=_batch_body([]), timeout=self.timeout)
+        except requests.RequestException as err:
+            return False, f"Could not reach the tracking API at {base_url}: {type(err).__name__}"
+        if response.status_code >= 400:
+            return (
+                False,
+                f"The tracking API at {base_url} answered HTTP {response.status_code}: {_error_body(response)}",
+            )
+        return True, (
+            f"Reached the {region} tracking API at {base_url} and the write key is well-formed. Segment accepts "
+            "any write key and drops events sent with an unknown one, so this test cannot verify the key: "
+            "after the first sync, check the Profile Space source's debugger in Segment."
+        )
+
+
+def _basic_auth(write_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode("ascii")
+
+
+def _batch_body(items: list[bytes]) -> bytes:
+    sent_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return b'{"batch":[' + b",".join(items) + b'],"sentAt":"' + sent_at.encode() + b'"}'
+
+
+def _split_policy(policy: RetryPolicy) -> RetryPolicy:
+    """Sub-requests of a split get one quick retry: the whole request already used the full budget."""
+    return RetryPolicy(
+        max_attempts=min(2, policy.max_attempts),
+        base_delay_s=policy.base_delay_s,
+        max_delay_s=policy.max_delay_s,
+        max_total_s=policy.max_total_s,
+        max_retry_after_s=policy.max_retry_after_s,
+    )
+
+
+def _error_body(response: requests.Response) -> str:
+    text = response.text.strip()
+    return text[:_ERROR_BODY_CHARS] if text else "(empty body)"
+
+
+def _normalise_host(host: str) -> str:
+    url = host.rstrip("/")
+    if "://" not in url:
+        url = f"https://{url}"
+    if not url.endswith("/v1"):
+        url = f"{url}/v1"
+    return url
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _write_key_problem(write_key: str) -> str | None:
+    if not write_key:
+        return "The connection has no write key: set the Write Key (password) field."
+    if write_key != write_key.strip() or any(c.isspace() for c in write_key):
+        return "The write key contains whitespace; copy it again from the source's settings in Segment."
+    if not write_key.isascii() or not write_key.isprintable():
+        return "The write key contains characters Segment write keys never have (non-ASCII or control)."
+    return None
+
+
+def _scrub(text: str, hook: SegmentProfilesHook) -> str:
+    """Remove the write key from text that may have come from a library's exception."""
+    key = hook.__dict__.get("_settings", ("",))[0]
+    return text.replace(key, "***") if key else text

@@ -1,0 +1,123 @@
+"""Counting every record and message of a sync run, the problem report, and the run summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+#: Most rejected or failed examples kept in the summary (the report file has all of them).
+MAX_SAMPLES = 20
+
+
+class AccountingMismatch(RuntimeError):
+    """Totals do not reconcile: a record or message was lost or counted twice."""
+
+
+@dataclass
+class MappingTally:
+    """Messages one mapping selected and what became of them."""
+
+    selected: int = 0
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+
+@dataclass
+class SyncAccounting:
+    """
+    Running totals of one sync run.
+
+    Records: every row read is exactly one of added, updated, unchanged or rejected (NULL or duplicate
+    unique identifier, NULL cursor); deleted records are counted apart (they are not rows of this run).
+    Messages: every message a mapping selects is exactly one of delivered, rejected or failed.
+
+    :param mapping_names: names of the operator's mappings, in order.
+    :param report: binary file receiving one NDJSON line per rejected or failed record/message, or ``None``.
+    """
+
+    mapping_names: list[str]
+    report: IO[bytes] | None = None
+    rows_read: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    warnings: int = 0
+    requests: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    failed_samples: list[dict[str, Any]] = field(default_factory=list)
+    problems_reported: int = 0
+
+    def __post_init__(self) -> None:
+        self.mappings = {name: MappingTally() for name in self.mapping_names}
+
+    def reject_record(self, primary_key: str | None, reason: str) -> None:
+        """A row that cannot be synced at all (its unique identifier is NULL or repeated)."""
+        self.records["rejected"] += 1
+        self._report({"primary_key": primary_key, "mapping": None, "outcome": "rejected", "reason": reason})
+
+    def message(
+        self, mapping: str, outcome: str, primary_key: str, reason: str = "", field_: str | None = None
+    ):
+        """Count one message's final outcome (``delivered``, ``rejected`` or ``failed``)."""
+        tally = self.mappings[mapping]
+        setattr(tally, outcome, getattr(tally, outcome) + 1)
+        if outcome != "delivered":
+            entry = {"primary_key": primary_key, "mapping": mapping, "outcome": outcome, "reason": reason}
+            if field_:
+                entry["field"] = field_
+            self._report(entry)
+
+    def _report(self, entry: dict[str, Any]) -> None:
+        self.problems_reported += 1
+        target = self.samples if entry["outcome"] == "rejected" else self.failed_samples
+        if len(target) < MAX_SAMPLES:
+            target.append({k: v for k, v in entry.items() if k != "outcome"})
+        if self.report is not None:
+            self.report.write(json.dumps(entry, ensure_ascii=False, default=str).encode() + b"\n")
+
+    @property
+    def messages(self) -> dict[str, int]:
+        """Message totals over all mappings."""
+        return {
+            "delivered": sum(t.delivered for t in self.mappings.values()),
+            "rejected": sum(t.rejected for t in self.mappings.values()),
+            "failed": sum(t.failed for t in self.mappings.values()),
+        }
+
+    def reconcile(self) -> None:
+        """
+        Check that every record and message has exactly one outcome.
+
+        :raises AccountingMismatch: naming the totals that disagree.
+        """
+        problems = []
+        counted = sum(self.records[k] for k in ("added", "updated", "unchanged", "rejected"))
+        if counted != self.rows_read:
+            problems.append(
+                f"rows read {self.rows_read} != added+updated+unchanged+rejected {counted} ({dict(self.records)})"
+            )
+        for name, tally in self.mappings.items():
+            ended = tally.delivered + tally.rejected + tally.failed
+            if ended != tally.selected:
+                problems.append(
+                    f"mapping {name!r}: selected {tally.selected} != delivered+rejected+failed {ended}"
+                )
+        if problems:
+            raise AccountingMismatch("Sync totals do not reconcile: " + "; ".join(problems))
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary's counting part (keys fixed by SPEC.md)."""
+        return {
+            "rows_read": self.rows_read,
+            "records": {k: self.records[k] for k in ("added", "updated", "deleted", "unchanged", "rejected")},
+            "messages": self.messages,
+            "mappings": {
+                name: {"delivered": t.delivered, "rejected": t.rejected, "failed": t.failed}
+                for name, t in self.mappings.items()
+            },
+            "rejected_samples": list(self.samples),
+            "failed_samples": list(self.failed_samples),
+            "warnings": self.warnings,
+            "requests": self.requests,
+        }

@@ -1,0 +1,63 @@
+"""Test environment: an isolated AIRFLOW_HOME, set before anything imports Airflow.
+
+Airflow reads its configuration at import time, so these variables are set at the top of the first
+conftest pytest loads. DAG runs (``dag.test()``) need the DAG files inside the configured dags folder
+(Airflow >= 3.2), hence ``tests/dags``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+_HOME = Path(tempfile.mkdtemp(prefix="segment_profiles_airflow_home_"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TESTS / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+POSTGRES_DSN = os.environ.get(
+    "SEGMENT_PROFILES_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata database (SQLite) for real DAG runs; created once per session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ
+    )
+    return _HOME
+
+
+def postgres_available() -> str | None:
+    """``None`` when the PostgreSQL server answers, else the reason it does not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except Exception as err:
+        return f"PostgreSQL at {POSTGRES_DSN!r} is unreachable: {err}"
+    return None
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """DSN of the test PostgreSQL server. Skips with the reason when it is unreachable, except in CI."""
+    reason = postgres_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test against PostgreSQL: {reason}")
+        pytest.skip(reason)
+    return POSTGRES_DSN

@@ -109,5 +109,5 @@ def test_connection_with_unknown_region_fails_clearly(monkeypatch):
         "AIRFLOW_CONN_SEGMENT_BAD_REGION",
         json.dumps({"conn_type": "segment_profiles", "password": "k", "extra": {"region": "mars"}}),
     )
-    with pytest.raises(UnknownRegionError, match="'mars'.*europe, north_america"):
+    with pytest.raises(UnknownRegionError, match=r"'mars'.*europe, north_america"):
         SegmentProfilesHook("segment_bad_region").base_url  # noqa: B018

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -253,16 +254,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
         head = self._load_head(ti, location)
         fingerprint = self._fingerprint(compiled)
 
-        workdir = Path(tempfile.mkdtemp(prefix="segment_profiles_"))
         run_tag = f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}"
-        report_file = open(workdir / "report.ndjson", "w+b")
-        dry_run_file = open(workdir / "dry_run.ndjson", "w+b") if self.dry_run else None
         try:
-            previous = (
-                None if (head is None or self.full_refresh) else location.download_snapshot(head, workdir)
-            )
-            store = SnapshotStore(workdir, previous if self.sync_mode != "full" else None)
-            try:
+            with contextlib.ExitStack() as stack:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segment_profiles_")))
+                stack.callback(self._close_connections)
+                report_file = stack.enter_context(open(workdir / "report.ndjson", "w+b"))
+                dry_run_file = (
+                    stack.enter_context(open(workdir / "dry_run.ndjson", "w+b")) if self.dry_run else None
+                )
+                previous = None
+                if head is not None and not self.full_refresh and self.sync_mode != "full":
+                    previous = location.download_snapshot(head, workdir)
+                store = SnapshotStore(workdir, previous)
+                stack.callback(store.close)
                 accounting = SyncAccounting([m.name for m in compiled], report=report_file)
                 watermark_value = self._stream(
                     compiled, spaces, head, store, accounting, dry_run_file, started
@@ -275,31 +280,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     )
                     ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
                     summary["state_generation"] = state.generation
-            finally:
-                store.close()
-            summary["report_path"] = self._upload(
-                report_file,
-                self.report_path,
-                location.reports / f"{run_tag}.ndjson",
-                accounting.problems_reported,
-            )
-            summary["dry_run_path"] = (
-                self._upload(
-                    dry_run_file, self.dry_run_path, location.root / "dry_runs" / f"{run_tag}.ndjson", 1
+                summary["report_path"] = self._upload(
+                    report_file,
+                    self.report_path,
+                    location.reports / f"{run_tag}.ndjson",
+                    accounting.problems_reported,
                 )
-                if dry_run_file is not None
-                else None
-            )
+                summary["dry_run_path"] = None
+                if dry_run_file is not None:
+                    default = location.root / "dry_runs" / f"{run_tag}.ndjson"
+                    summary["dry_run_path"] = self._upload(dry_run_file, self.dry_run_path, default, 1)
         except (MappingConfigError, ModelQueryError, WatermarkError, StateError) as err:
             raise AirflowFailException(str(err)) from err
         except AccountingMismatch as err:
             raise AirflowException(str(err)) from err
-        finally:
-            report_file.close()
-            if dry_run_file is not None:
-                dry_run_file.close()
-            shutil.rmtree(workdir, ignore_errors=True)
-            self._close_connections()
 
         summary.update(
             sync_mode=self.sync_mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -169,10 +170,9 @@ class ModelReader:
         conn, self._conn = self._conn, None
         for closeable in (cursor, conn):
             if closeable is not None:
-                try:
+                # Closing after a kill or a broken connection: nothing more to do.
+                with contextlib.suppress(Exception):
                     closeable.close()
-                except Exception:  # closing after a kill or a broken connection: nothing left to do
-                    pass
 
 
 def _is_programming_error(err: BaseException) -> bool:

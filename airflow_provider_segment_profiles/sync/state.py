@@ -13,6 +13,7 @@ fails loudly instead of silently re-sending everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -186,8 +187,7 @@ class StateLocation:
         except Exception:
             return
         for name in names[:-_KEEP_SNAPSHOTS]:
+            # Pruning is housekeeping: a failure must not fail a committed run.
             if name != keep:
-                try:
+                with contextlib.suppress(Exception):
                     (self.snapshots / name).unlink()
-                except Exception:  # pruning is housekeeping; a failure must not fail a committed run
-                    pass

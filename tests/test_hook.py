@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_segment_profiles.delivery.limits import MAX_BATCH_ITEM_BYTES, MAX_MESSAGE_BYTES
 from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
-from airflow_provider_segment_profiles.delivery.retry import RetryPolicy, parse_retry_after
+from airflow_provider_segment_profiles.delivery.retry import parse_retry_after
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 from airflow_provider_segment_profiles.testing import SegmentEmulator
 

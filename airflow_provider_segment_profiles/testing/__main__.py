@@ -1,0 +1,101 @@
+"""
+Serve a :class:`~airflow_provider_segment_profiles.testing.SegmentEmulator` from the command line.
+
+Usage::
+
+    python -m airflow_provider_segment_profiles.testing --port 8080 --write-key KEY [--strict] [--latency 0.05]
+
+It prints one line with the base URL once it listens, serves until SIGINT or SIGTERM, then prints one
+line with the counts and exits 0. Write keys are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from airflow_provider_segment_profiles.testing.emulator import SegmentEmulator
+
+_PROG = "python -m airflow_provider_segment_profiles.testing"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Serve a local emulator of Segment's HTTP Tracking API on 127.0.0.1.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 or localhost (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default 0)")
+    parser.add_argument(
+        "--write-key",
+        dest="write_keys",
+        action="append",
+        required=True,
+        metavar="KEY",
+        help="write key to accept; repeat for several Profile Spaces",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="answer 401 to unknown write keys instead of 200 + drop"
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="seconds added to every request"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the emulator until SIGINT or SIGTERM.
+
+    :param argv: arguments without the program name; ``None`` reads ``sys.argv``.
+    :return: the exit status: 0 after a clean stop, 1 if the port cannot be bound.
+    """
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would echo the values, which could be a mistyped write key.
+        options = [arg for arg in unknown if arg.startswith("-")]
+        parser.error(f"unrecognized arguments: {' '.join(options) or f'{len(unknown)} value(s)'}")
+    try:
+        emulator = SegmentEmulator(
+            write_keys=args.write_keys,
+            host=args.host,
+            port=args.port,
+            strict=args.strict,
+            latency=args.latency,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        emulator.start()
+    except OSError as exc:
+        print(f"Segment emulator could not listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Segment emulator listening on {emulator.url} (Ctrl+C to stop)", flush=True)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        emulator.stop()
+    print(
+        f"Segment emulator stopped: {emulator.message_count} messages accepted, "
+        f"{len(emulator.dropped)} dropped, {len(emulator.requests)} requests",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,7 +96,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         is rejected for bad data; state is committed first. Default 0.1.
     :param max_failed_fraction: fail the task (retryable) when more than this fraction of selected messages
         could not be delivered; state is committed first, so a retry sends only those. Default 0.0.
-    :param retry_policy: :class:`RetryPolicy` or a dict of its fields, for requests to Segment.
+    :param request_retry_policy: :class:`RetryPolicy` or a dict of its fields, for requests to Segment
+        (named apart from Airflow's own task-level ``retry_policy``).
     :param request_timeout: ``(connect, read)`` HTTP timeouts in seconds.
     :param progress_interval_s: seconds between progress lines in the task log.
     """
@@ -140,7 +141,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND,
         max_rejected_fraction: float = 0.1,
         max_failed_fraction: float = 0.0,
-        retry_policy: RetryPolicy | dict[str, float] | None = None,
+        request_retry_policy: RetryPolicy | dict[str, float] | None = None,
         request_timeout: tuple[float, float] = (10.0, 30.0),
         progress_interval_s: float = 10.0,
         **kwargs: Any,
@@ -166,7 +167,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.max_events_per_second = max_events_per_second
         self.max_rejected_fraction = max_rejected_fraction
         self.max_failed_fraction = max_failed_fraction
-        self.retry_policy = RetryPolicy.coerce(retry_policy)
+        self.request_retry_policy = RetryPolicy.coerce(request_retry_policy)
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
         self._reader: ModelReader | None = None
@@ -223,7 +224,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             hook = SegmentProfilesHook(
                 conn_id,
                 timeout=self.request_timeout,
-                retry_policy=self.retry_policy,
+                retry_policy=self.request_retry_policy,
                 pool_size=self.max_requests_in_flight,
             )
             self._segment_hooks[conn_id] = hook
@@ -302,7 +303,13 @@ class SegmentProfilesSyncOperator(BaseOperator):
             duration_s=round(time.monotonic() - started, 3),
         )
         self._log_summary(summary)
-        self._enforce_thresholds(summary, accounting)
+        if not self.dry_run:
+            # A run that fails its thresholds still committed what was delivered; keep its summary visible.
+            try:
+                self._enforce_thresholds(summary, accounting)
+            except AirflowException:
+                ti.xcom_push(key="return_value", value=summary)
+                raise
         return summary
 
     def _stream(

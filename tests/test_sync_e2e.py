@@ -4,12 +4,11 @@ the emulator over HTTP, through the sequences a scheduled sync lives through."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from airflow_provider_segment_profiles.testing import SegmentEmulator
 pytestmark = pytest.mark.airflow_db
 WRITE_KEY = "e2e-write-key-0123456789"
 DAGS = Path(__file__).parent / "dags"
-DAY = datetime(2024, 3, 1, tzinfo=timezone.utc)
+DAY = datetime(2024, 3, 1, tzinfo=UTC)
 
 
 class SqliteWarehouse:
@@ -100,7 +99,7 @@ class SyncHarness:
         self.settings: dict = {}
         self.retries = 0
 
-    def run(self, dag_id: str, logical_date: datetime | None | str = "next") -> tuple[str, dict | None]:
+    def run(self, dag_id: str, logical_date: datetime | str | None = "next") -> tuple[str, dict | None]:
         """Run a DAG once; return its state and the sync task's summary (``None`` when it has none)."""
         from airflow.dag_processing.dagbag import DagBag
 
@@ -117,10 +116,9 @@ class SyncHarness:
 
     @staticmethod
     def _summary(dag_id: str, run_id: str) -> dict | None:
-        from sqlalchemy import select
-
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
+        from sqlalchemy import select
 
         with create_session() as session:
             row = session.scalars(

@@ -83,7 +83,8 @@ def test_airflow_lists_one_import_error_naming_every_problem(tmp_path):
 
     airflow("db", "migrate")
     airflow("dags", "reserialize")
-    errors = json.loads(airflow("dags", "list-import-errors", "--output", "json", expected_rc=1))
+    output = airflow("dags", "list-import-errors", "--output", "json", expected_rc=1)
+    errors = json.loads(next(line for line in output.splitlines() if line.startswith("[")))
     (error,) = errors
     assert error["filepath"] == "bad_mapping_dag.py"
     text = error["error"]

@@ -4,6 +4,7 @@ the emulator over HTTP, through the sequences a scheduled sync lives through."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import uuid
@@ -355,3 +356,44 @@ def test_incremental_boundary_with_rows_sharing_the_watermark(harness):
     state, summary = harness.run("segment_e2e_orders")
     assert state == "success"
     assert harness.sent_by("Order Completed") == ["c9"]
+
+
+def test_mapped_task_instances_keep_state_per_map_index(harness):
+    wh = harness.warehouse
+    create_customers(wh, range(1, 7))
+    wh.execute("UPDATE customers SET plan = 'pro' WHERE customer_id > 3")
+    state, _ = harness.run("segment_e2e_mapped")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["1", "2", "3", "4", "5", "6"]
+    roots = sorted(p.name for p in (harness.state_dir / "segment_e2e_mapped" / "sync_plans").iterdir())
+    assert roots == ["map_0", "map_1"]
+
+    wh.execute("UPDATE customers SET name = 'Changed' WHERE customer_id IN (2, 5)")
+    state, _ = harness.run("segment_e2e_mapped")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["2", "5"]
+
+
+def test_write_key_is_in_no_artefact_of_a_run(harness, capfd):
+    import base64
+
+    create_customers(harness.warehouse, range(1, 5))
+    harness.emulator.fail_user("2", status=400)
+    harness.settings = {"max_failed_fraction": 1.0}
+    assert harness.run("segment_e2e_customers")[0] == "success"
+    harness.settings = {"dry_run": True, "full_refresh": True}
+    assert harness.run("segment_e2e_customers")[0] == "success"
+    out, err = capfd.readouterr()
+    secrets = [WRITE_KEY.encode(), base64.b64encode(f"{WRITE_KEY}:".encode())]
+    artefacts = {"task logs (console)": (out + err).encode()}
+    for root in (harness.state_dir, Path(os.environ["AIRFLOW_HOME"])):
+        for path in root.rglob("*"):
+            if path.is_file():
+                artefacts[str(path)] = (
+                    path.read_bytes()
+                )  # reports, dry runs, snapshots, HEAD, metadata DB, logs
+    assert any("report" in name for name in artefacts) and any("dry_runs" in name for name in artefacts)
+    assert "sync summary" in artefacts["task logs (console)"].decode()
+    for name, content in artefacts.items():
+        for secret in secrets:
+            assert secret not in content, f"write key found in {name}"

@@ -90,3 +90,17 @@ with DAG("segment_e2e_orders", schedule="@daily", start_date=datetime(2024, 1, 1
         mappings=ORDER_MAPPINGS,
         **COMMON,
     )
+
+with DAG("segment_e2e_mapped", schedule="@daily", start_date=datetime(2024, 1, 1), catchup=False):
+    # One sync per plan: each mapped task instance keeps its own state (one folder per map index).
+    SegmentProfilesSyncOperator.partial(
+        task_id="sync_plans",
+        primary_key="customer_id",
+        mappings=[CUSTOMER_MAPPINGS[0]],
+        **COMMON,
+    ).expand(
+        sql=[
+            "SELECT customer_id, name, email, plan, updated_at FROM customers WHERE plan = 'free'",
+            "SELECT customer_id, name, email, plan, updated_at FROM customers WHERE plan = 'pro'",
+        ]
+    )

@@ -1,0 +1,357 @@
+"""
+The per-record hot path: one result row -> one encoded tracking-API message, or a rejection.
+
+Everything that does not depend on the row is decided in :meth:`RecordBuilder.__init__`: column
+positions, literal values, one resolver per field with the schema's type check inlined, the message
+builder. :meth:`RecordBuilder.build` then indexes the row, converts only the values whose type needs it,
+builds the message and encodes it once; ``jsonschema`` only runs to word a rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_segment_profiles.actions.errors import FieldRejected, RecordRejected
+from airflow_provider_segment_profiles.actions.json_values import (
+    MISSING,
+    coerce_to_nullable_string,
+    coerce_to_string,
+    encode_json,
+    encode_json_container,
+    replace_unpaired_surrogates,
+    to_json_value,
+)
+from airflow_provider_segment_profiles.actions.message_id import derive_message_id, message_id_prefix
+from airflow_provider_segment_profiles.actions.payloads import MESSAGE_BUILDERS
+from airflow_provider_segment_profiles.actions.timestamps import format_datetime, normalize_timestamp
+from airflow_provider_segment_profiles.actions.value_forms import (
+    ColumnForm,
+    ColumnsForm,
+    Form,
+    LiteralForm,
+    ObjectForm,
+    bind_object,
+    iter_columns,
+    iter_star_forms,
+    parse_json_text,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.actions.registry import ActionSpec, FieldSpec
+
+#: Segment's tracking API accepts at most 32 KB per event (segment-docs
+#: ``connections/sources/catalog/libraries/server/http-api/index.md``, "Max request size"); analytics-python
+#: uses 32 << 10 bytes (``consumer.py`` ``MAX_MSG_SIZE``). Measured on the compact UTF-8 encoding.
+MAX_MESSAGE_BYTES = 32 * 1024
+
+_UNEXPECTED_DATA_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, UnicodeError, AttributeError)
+
+Resolver = Callable[[Sequence[Any], list[str]], Any]
+
+
+@dataclass(slots=True)
+class BuiltMessage:
+    """
+    One message ready to send.
+
+    :param message: the tracking-API message (with ``type`` and ``messageId``); treat as read-only, parts
+        of it may be shared with the row or the mapping's literals.
+    :param encoded: ``message`` as compact UTF-8 JSON, identical to ``json.dumps(message,
+        separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()``; at most
+        :data:`MAX_MESSAGE_BYTES` long.
+    :param warnings: what was changed to make the record sendable, e.g.
+        ``"traits.score: nan is not a JSON number; sent as null"``.
+    """
+
+    message: dict[str, Any]
+    encoded: bytes
+    warnings: list[str] = field(default_factory=list)
+
+
+class SchemaMismatch(Exception):
+    """
+    Internal: a column-sourced field value fails the check derived from the action's schema. Raised by
+    a resolver (so valid records pay no separate check); the record is then validated with the compiled
+    ``jsonschema`` validator, which words the rejection.
+    """
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+# Each resolver returns the field's value, MISSING when Segment's empty-value removal drops it, or raises
+# SchemaMismatch with the value when it fails FieldSpec.fast_check (the same predicate, inlined).
+
+
+def _text_resolver(index: int, spec: FieldSpec) -> Resolver:
+    path = spec.key
+    max_length = spec.max_length
+    check = spec.fast_check()
+    if spec.allows_null:
+
+        def resolve_nullable(row: Sequence[Any], warnings: list[str]) -> Any:
+            value = row[index]
+            if type(value) is str:
+                return value if value else MISSING
+            if value is None:
+                return None
+            value = coerce_to_nullable_string(value, path, warnings)
+            if value is MISSING or check(value):
+                return value
+            raise SchemaMismatch(value)
+
+        return resolve_nullable
+
+    def resolve(row: Sequence[Any], warnings: list[str]) -> Any:
+        value = row[index]
+        if type(value) is str:
+            if not value:
+                return MISSING
+            if max_length is None or len(value) <= max_length:
+                return value
+            raise SchemaMismatch(value)
+        value = coerce_to_string(value, path, warnings)
+        if value is MISSING or check(value):
+            return value
+        raise SchemaMismatch(value)
+
+    return resolve
+
+
+def _timestamp_resolver(index: int, spec: FieldSpec) -> Resolver:
+    path = spec.key
+    check = spec.fast_check()
+
+    def resolve(row: Sequence[Any], warnings: list[str]) -> Any:
+        value = row[index]
+        if type(value) is datetime:
+            text = format_datetime(value)
+            if text < "1970":
+                return normalize_timestamp(value, warnings, path)  # adds the pre-1970 warning
+            return text
+        value = normalize_timestamp(value, warnings, path)
+        if value is None:
+            return MISSING
+        if check(value):
+            return value
+        raise SchemaMismatch(value)
+
+    return resolve
+
+
+def _object_column_resolver(form: ColumnForm, index: int) -> Resolver:
+    path = form.path
+    parse = form.parse_json
+
+    def resolve(row: Sequence[Any], warnings: list[str]) -> Any:
+        value = row[index]
+        if parse:
+            value = parse_json_text(value, path)
+        if value is None or (isinstance(value, str) and not value):
+            return MISSING
+        value = to_json_value(value, path, warnings)
+        if type(value) is dict:
+            return value
+        raise SchemaMismatch(value)
+
+    return resolve
+
+
+def literal_field_value(spec: FieldSpec, value: Any, warnings: list[str]) -> Any:
+    """
+    A literal top-level value as the record pipeline would leave it (coerced, normalised), or
+    :data:`MISSING` when Segment's empty-value removal drops it.
+
+    :raises FieldRejected: a literal timestamp that cannot be read.
+    """
+    if spec.is_timestamp:
+        normalised = normalize_timestamp(value, warnings, spec.key)
+        return MISSING if normalised is None else normalised
+    if spec.is_text:
+        coerce = coerce_to_nullable_string if spec.allows_null else coerce_to_string
+        return coerce(value, spec.key, warnings)
+    if value is None or (isinstance(value, str) and not value):
+        return MISSING
+    return value
+
+
+def bind_field(
+    spec: FieldSpec, form: Form, index_of: Mapping[str, int], result_columns: Sequence[str]
+) -> Resolver:
+    """Turn one top-level field's form into a resolver ``(row, warnings) -> value | MISSING``."""
+    if isinstance(form, ColumnForm):
+        index = index_of[form.column]
+        if spec.is_timestamp:
+            return _timestamp_resolver(index, spec)
+        if spec.is_text:
+            return _text_resolver(index, spec)
+        return _object_column_resolver(form, index)
+    if isinstance(form, ObjectForm | ColumnsForm):
+        return bind_object(form, index_of, result_columns)  # always builds an object
+    raise TypeError(f"unexpected form for a resolver: {form!r}")  # literals are bound as constants
+
+
+class RecordBuilder:
+    """
+    Builds the messages of one mapping for rows of one query result. Create with
+    :meth:`CompiledMapping.bind <airflow_provider_segment_profiles.actions.CompiledMapping.bind>`.
+
+    :ivar mapping_name: the mapping's name.
+    :ivar columns: every result column the bound mapping reads, ``columns: "*"`` expanded.
+    """
+
+    __slots__ = (
+        "_base_values",
+        "_build_message",
+        "_deleted_prefix",
+        "_maps_message_id",
+        "_primary_key_index",
+        "_required",
+        "_resolvers",
+        "_spec",
+        "_upsert_prefix",
+        "_width",
+        "columns",
+        "mapping_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        mapping_name: str,
+        spec: ActionSpec,
+        fingerprint: str,
+        forms: Sequence[tuple[str, Form]],
+        result_columns: Sequence[str],
+        primary_key: str,
+    ) -> None:
+        index_of: dict[str, int] = {}
+        for position, column in enumerate(result_columns):
+            index_of.setdefault(column, position)
+        self.mapping_name = mapping_name
+        self._spec = spec
+        self._width = len(result_columns)
+        self._primary_key_index = index_of.get(primary_key)
+        self._build_message = MESSAGE_BUILDERS[spec.name]
+        self._upsert_prefix = message_id_prefix(fingerprint, "upsert")
+        self._deleted_prefix = message_id_prefix(fingerprint, "deleted")
+        self._required = spec.required_fields
+        base_values: dict[str, Any] = {}
+        resolvers = []
+        for key, form in forms:
+            field_spec = spec.fields[key]
+            if isinstance(form, LiteralForm):  # checked against the schema when the mapping compiled
+                value = literal_field_value(field_spec, form.value, [])
+                if value is not MISSING:
+                    base_values[key] = value
+                continue
+            resolvers.append((key, bind_field(field_spec, form, index_of, result_columns)))
+        self._base_values = base_values
+        self._resolvers = tuple(resolvers)
+        self._maps_message_id = any(key == "message_id" for key, _ in forms)
+        read: set[str] = set()
+        for _key, form in forms:
+            read.update(column for column, _path in iter_columns(form, ""))
+            for star, _path in iter_star_forms(form, ""):
+                read.update(column for column in result_columns if column not in star.exclude)
+        self.columns = frozenset(read)
+
+    def build(self, row: Sequence[Any], *, primary_key: str, checksum: str) -> BuiltMessage:
+        """
+        Build the message of one record.
+
+        :param row: the record's values, in the result's column order.
+        :param primary_key: the record's primary-key value as text (for the message id and rejections).
+        :param checksum: the record's checksum as hex text (for the message id).
+        :return: the message, its encoding and any warnings.
+        :raises RecordRejected: the record cannot become a valid call (schema, E0, subscription rules,
+            unparseable timestamp, invalid JSON text, message over :data:`MAX_MESSAGE_BYTES`, ...).
+        """
+        return self._build(row, primary_key, checksum, self._upsert_prefix)
+
+    def build_deleted(self, primary_key_value: str, *, checksum: str) -> BuiltMessage:
+        """
+        Build the message of a deleted record for a ``deleted``-trigger mapping: the row holds the primary
+        key and ``None`` for every other column.
+
+        :raises RecordRejected: as :meth:`build`.
+        """
+        row: list[Any] = [None] * self._width
+        if self._primary_key_index is not None:
+            row[self._primary_key_index] = primary_key_value
+        return self._build(row, primary_key_value, checksum, self._deleted_prefix)
+
+    def _build(self, row: Sequence[Any], primary_key: Any, checksum: str, prefix: bytes) -> BuiltMessage:
+        warnings: list[str] = []
+        try:
+            values = self._base_values.copy()
+            mismatched = False
+            for key, resolve in self._resolvers:
+                try:
+                    value = resolve(row, warnings)
+                except SchemaMismatch as mismatch:
+                    value = mismatch.value
+                    mismatched = True
+                if value is not MISSING:
+                    values[key] = value
+            if mismatched:
+                self._reject_on_schema(values)
+            for key in self._required:
+                if key not in values:
+                    self._reject_on_schema(values)
+            message_id = values.get("message_id") if self._maps_message_id else None
+            if message_id is None:
+                key_text = primary_key if type(primary_key) is str else str(primary_key)
+                message_id = derive_message_id(prefix, checksum, key_text)
+            message = self._build_message(values, message_id)
+            try:
+                text = encode_json_container(message)
+            except (TypeError, ValueError):  # not expected: every value went through to_json_value
+                message = to_json_value(message, "", warnings)
+                text = encode_json(message)
+            try:
+                encoded = text.encode("utf-8")
+            except UnicodeEncodeError:
+                message = replace_unpaired_surrogates(message, "", warnings)
+                encoded = encode_json(message).encode("utf-8")
+            if len(encoded) > MAX_MESSAGE_BYTES:
+                _reject_oversize(message, len(encoded))
+        except FieldRejected as exc:
+            raise RecordRejected(self.mapping_name, str(primary_key), exc.field, exc.reason) from None
+        except _UNEXPECTED_DATA_ERRORS as exc:
+            raise RecordRejected(
+                self.mapping_name, str(primary_key), "record", f"a value could not be converted: {exc!r}"
+            ) from exc
+        return BuiltMessage(message, encoded, warnings)
+
+    def _reject_on_schema(self, values: dict[str, Any]) -> None:
+        errors = self._spec.schema_errors(values)
+        if not errors:
+            raise FieldRejected("record", "internal error: the fast field check and the JSON Schema disagree")
+        field_path = errors[0][0]
+        reason = " ".join(message for _, message in errors)
+        field_spec = self._spec.fields.get(field_path)
+        if field_spec is not None and field_spec.is_object and isinstance(values.get(field_path), str):
+            reason += (
+                ' The column holds text; add "parse_json": true to its column reference to read it as JSON.'
+            )
+        raise FieldRejected(field_path, reason)
+
+
+def _reject_oversize(message: dict[str, Any], size: int) -> None:
+    sizes = {
+        key: len(encode_json(value).encode("utf-8", "replace"))
+        for key, value in message.items()
+        if key != "type"
+    }
+    largest = max(sizes, key=sizes.__getitem__)
+    raise FieldRejected(
+        largest,
+        f"the message is {size:,} bytes as JSON, over Segment's limit of {MAX_MESSAGE_BYTES:,} bytes "
+        "per event; "
+        f"its largest part is {largest} ({sizes[largest]:,} bytes)",
+    )

@@ -3,6 +3,7 @@ the emulator over HTTP, through the sequences a scheduled sync lives through."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -136,8 +137,20 @@ class SyncHarness:
         )
 
 
+def forget_earlier_runs() -> None:
+    """Each test starts its DAGs without runs: earlier tests' XCom state would not fit this test's fresh
+    state_path (and the operator rightly refuses to run when they disagree)."""
+    from airflow.api.common.delete_dag import delete_dag
+    from airflow.exceptions import DagNotFound
+
+    for dag_id in ("segment_e2e_customers", "segment_e2e_orders", "segment_e2e_mapped"):
+        with contextlib.suppress(DagNotFound):
+            delete_dag(dag_id)
+
+
 @pytest.fixture
 def harness(warehouse, tmp_path, monkeypatch, airflow_db):
+    forget_earlier_runs()
     with SegmentEmulator(write_key=WRITE_KEY) as emulator:
         yield SyncHarness(warehouse, emulator, tmp_path / "state", monkeypatch)
 

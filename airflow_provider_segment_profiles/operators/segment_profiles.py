@@ -234,6 +234,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.monotonic()
         ti = context["ti"]
+        # Connections are resolved afresh each run: an operator object can be executed again (dag.test).
+        self._segment_hooks = {}
+        self.__dict__.pop("warehouse_hook", None)
         try:
             compiled = self._compile(self.mappings)
         except MappingConfigError as err:
@@ -499,7 +502,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if self.full_refresh:
             self.log.info("full_refresh=True: ignoring saved state; every record counts as added")
             return head
-        prior = self._newest_xcom_state(ti)
+        prior = self._newest_xcom_state(ti, first_run=head is None)
         if prior is not None and (head is None or head.generation < prior.generation):
             found = f"generation {head.generation}" if head else "nothing"
             raise StateError(
@@ -529,7 +532,12 @@ class SegmentProfilesSyncOperator(BaseOperator):
             )
         return head
 
-    def _newest_xcom_state(self, ti: Any) -> SyncState | None:
+    def _newest_xcom_state(self, ti: Any, first_run: bool) -> SyncState | None:
+        if first_run:
+            self.log.info(
+                "No committed state under state_path: checking XCom for state of earlier runs. On a first "
+                "run Airflow logs 'XCom not found' here, which is expected"
+            )
         try:
             pulled = ti.xcom_pull(
                 task_ids=self.task_id,

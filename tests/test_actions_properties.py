@@ -25,6 +25,8 @@ from airflow_provider_segment_profiles.actions import (
     compile_mappings,
     get_action,
 )
+from airflow_provider_segment_profiles.actions.json_values import encode_json_bytes
+from airflow_provider_segment_profiles.actions.timestamps import format_datetime
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHEAP_SETTINGS = settings(max_examples=150, deadline=None)
@@ -199,6 +201,9 @@ def check_outcome(action: str, builder: Any, row: list[Any]) -> None:
     assert isinstance(built, BuiltMessage)
     assert len(built.encoded) <= MAX_MESSAGE_BYTES
     assert strict_loads(built.encoded) == built.message
+    assert built.encoded == json.dumps(
+        built.message, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
     message = built.message
     assert message["type"] == get_action(action).message_type
     assert message["integrations"] == {"All": False}
@@ -274,3 +279,54 @@ def test_required_check_equals_jsonschema(present):
         spec.fields[key].fast_check()(value) for key, value in values.items()
     )
     assert fast_ok == spec.validator.is_valid(values)
+
+
+def reference_utc_text(value: datetime) -> str | None:
+    """``format_datetime``'s contract written the slow, obvious way."""
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:
+            return None
+    value = value.replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds" if value.microsecond % 1000 else "milliseconds") + "Z"
+
+
+@CHEAP_SETTINGS
+@given(
+    value=st.datetimes(
+        timezones=st.one_of(
+            st.none(),
+            st.just(UTC),
+            st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-1439, 1439)),
+        )
+    )
+)
+def test_format_datetime_matches_isoformat(value):
+    expected = reference_utc_text(value)
+    if expected is not None:
+        assert format_datetime(value) == expected
+
+
+json_documents = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**64),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12),
+        st.sampled_from(["\u2028", "\x7f", "\x00\x1f", '"\\/', "\U0001f600"]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@CHEAP_SETTINGS
+@given(document=st.dictionaries(st.text(max_size=6), json_documents, max_size=6))
+def test_encoded_bytes_equal_json_dumps(document):
+    """Whatever encoder the hot path uses, its bytes are exactly the stdlib's compact, strict JSON."""
+    expected = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    assert encode_json_bytes(document) == expected

@@ -175,6 +175,12 @@ def decimal_to_json(value: Decimal, path: str, warnings: list[str]) -> Any:
     if value == value.to_integral_value():
         number = int(value)
         return number if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER else str(number)
+    adjusted = value.adjusted()
+    if -300 < adjusted < 300 and len(str(value)) <= 15:
+        # At most 15 significant digits (the text is no longer), far from the double range's ends: a
+        # double holds such a decimal exactly enough to round-trip (DBL_DIG is 15), so the check below
+        # would pass. It costs five times the conversion, and money columns always take this path.
+        return float(value)
     as_float = float(value)
     if Decimal(repr(as_float)) == value:
         return as_float
@@ -421,6 +427,46 @@ def _make_encoders():
 #: :func:`_make_encoders`. They raise ``ValueError`` for NaN/Infinity and ``TypeError`` for non-JSON
 #: types; callers convert values with :func:`to_json_value` first.
 encode_json, encode_json_container = _make_encoders()
+
+try:  # msgspec is a dependency of Airflow's core and task SDK; the stdlib encoder stands in without it
+    from msgspec.json import Encoder as _MsgspecEncoder
+
+    _msgspec_encode: Any = _MsgspecEncoder().encode
+except ImportError:  # pragma: no cover
+    _msgspec_encode = None
+
+#: A number written with an exponent (``1e16``, ``-2.5e-300``) or below 1e-4 (``0.00001``): where
+#: msgspec's float text differs from Python's ``repr`` (``1e+16``, ``1e-05``). Every number in compact
+#: JSON follows ``:``, ``,`` or ``[``; a string that happens to hold such text only costs the slow path.
+_FLOAT_TEXT_DIFFERS = re.compile(rb"[:,\[]-?(?:[0-9]+(?:\.[0-9]+)?e|0\.0000)")
+
+
+def encode_json_bytes(value: dict | list, *, floats_checked: bool = False) -> bytes:
+    """
+    ``value`` as compact, strict UTF-8 JSON, byte for byte ``json.dumps(value, separators=(",", ":"),
+    ensure_ascii=False, allow_nan=False).encode("utf-8")``, about five times faster.
+
+    msgspec encodes; its output is identical to the stdlib's for every string (all of Unicode), integer,
+    ``true``/``false``/``null`` and every float Python writes without an exponent. Anything else takes the
+    stdlib encoder: floats msgspec writes differently (see :data:`_FLOAT_TEXT_DIFFERS`) and anything
+    msgspec refuses (``str`` subclasses, unpaired surrogates, ...), which then raises what the stdlib
+    raises: ``TypeError`` for non-JSON types, ``ValueError`` for NaN/Infinity, ``UnicodeEncodeError`` for
+    unpaired surrogates. Callers convert values with :func:`to_json_value` first, so the types msgspec
+    accepts and the stdlib does not (``datetime``, ``Decimal``, ``UUID``, sets, NaN as ``null``) never get
+    here.
+
+    :param floats_checked: the caller knows ``value`` holds no float of magnitude outside [1e-4, 1e16),
+        so the search of the output for float text that differs is skipped (it costs most of the gain).
+    """
+    if _msgspec_encode is not None:
+        try:
+            encoded = _msgspec_encode(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        else:
+            if floats_checked or _FLOAT_TEXT_DIFFERS.search(encoded) is None:
+                return encoded
+    return encode_json_container(value).encode("utf-8")
 
 
 def replace_unpaired_surrogates(value: Any, path: str, warnings: list[str]) -> Any:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected, RecordRejected
@@ -20,7 +22,7 @@ from airflow_provider_segment_profiles.actions.json_values import (
     coerce_to_nullable_string,
     coerce_to_string,
     encode_json,
-    encode_json_container,
+    encode_json_bytes,
     replace_unpaired_surrogates,
     to_json_value,
 )
@@ -125,6 +127,7 @@ def _text_resolver(index: int, spec: FieldSpec) -> Resolver:
 def _timestamp_resolver(index: int, spec: FieldSpec) -> Resolver:
     path = spec.key
     check = spec.fast_check()
+    from_iso = datetime.fromisoformat
 
     def resolve(row: Sequence[Any], warnings: list[str]) -> Any:
         value = row[index]
@@ -133,6 +136,17 @@ def _timestamp_resolver(index: int, spec: FieldSpec) -> Resolver:
             if text < "1970":
                 return normalize_timestamp(value, warnings, path)  # adds the pre-1970 warning
             return text
+        if type(value) is str and value[4:5] == "-":
+            # ISO text, as warehouses without a timestamp type (SQLite) hold it: parse it straight away.
+            # Numeric text never parses as ISO, and anything that does not parse takes the full path.
+            try:
+                parsed = from_iso(value)
+            except ValueError:
+                pass
+            else:
+                text = format_datetime(parsed)
+                if text >= "1970":
+                    return text
         value = normalize_timestamp(value, warnings, path)
         if value is None:
             return MISSING
@@ -207,9 +221,11 @@ class RecordBuilder:
     __slots__ = (
         "_base_values",
         "_build_message",
+        "_check_floats",
         "_deleted_prefix",
         "_maps_message_id",
         "_primary_key_index",
+        "_read_values",
         "_required",
         "_resolvers",
         "_spec",
@@ -259,6 +275,10 @@ class RecordBuilder:
             for star, _path in iter_star_forms(form, ""):
                 read.update(column for column in result_columns if column not in star.exclude)
         self.columns = frozenset(read)
+        # Whether a float can reach a message other than straight from a row value (a literal, parsed
+        # JSON text): then every message takes encode_json_bytes' own check of its float text.
+        self._check_floats = any(_may_add_floats(form) for _key, form in forms)
+        self._read_values = _values_getter(sorted({index_of[column] for column in read}))
 
     def build(self, row: Sequence[Any], *, primary_key: str, checksum: str) -> BuiltMessage:
         """
@@ -309,15 +329,20 @@ class RecordBuilder:
                 message_id = derive_message_id(prefix, checksum, key_text)
             message = self._build_message(values, message_id)
             try:
-                text = encode_json_container(message)
-            except (TypeError, ValueError):  # not expected: every value went through to_json_value
-                message = to_json_value(message, "", warnings)
-                text = encode_json(message)
-            try:
-                encoded = text.encode("utf-8")
+                encoded = encode_json_bytes(
+                    message,
+                    floats_checked=not self._check_floats and _floats_written_alike(self._read_values(row)),
+                )
             except UnicodeEncodeError:
                 message = replace_unpaired_surrogates(message, "", warnings)
                 encoded = encode_json(message).encode("utf-8")
+            except (TypeError, ValueError):  # not expected: every value went through to_json_value
+                message = to_json_value(message, "", warnings)
+                try:
+                    encoded = encode_json(message).encode("utf-8")
+                except UnicodeEncodeError:
+                    message = replace_unpaired_surrogates(message, "", warnings)
+                    encoded = encode_json(message).encode("utf-8")
             if len(encoded) > MAX_MESSAGE_BYTES:
                 _reject_oversize(message, len(encoded))
         except FieldRejected as exc:
@@ -340,6 +365,56 @@ class RecordBuilder:
                 ' The column holds text; add "parse_json": true to its column reference to read it as JSON.'
             )
         raise FieldRejected(field_path, reason)
+
+
+_PLAIN_TYPES = frozenset({str, int, bool, type(None), datetime, date})
+
+
+def _floats_written_alike(values: Sequence[Any]) -> bool:
+    """
+    Whether every number these row values can turn into is written by msgspec exactly as by Python's
+    ``repr``: no float or ``Decimal`` of magnitude outside [1e-4, 1e16) (``repr`` writes those with an
+    exponent), and no container, ``timedelta`` or other type whose conversion could hold one.
+    """
+    for value in values:
+        value_type = type(value)
+        if value_type is float:
+            if value and not 1e-4 <= abs(value) < 1e16:  # NaN fails the range test too
+                return False
+        elif value_type is Decimal:
+            if value and not (value.is_finite() and 1e-4 <= abs(value) < 1e16):
+                return False
+        elif value_type not in _PLAIN_TYPES:
+            return False
+    return True
+
+
+def _values_getter(indexes: list[int]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    if len(indexes) >= 2:
+        return itemgetter(*indexes)
+    if len(indexes) == 1:
+        (index,) = indexes
+        return lambda row: (row[index],)
+    return lambda row: ()
+
+
+def _may_add_floats(form: Form) -> bool:
+    """Whether ``form`` can put a float into a message that is not a row value: literals, parsed JSON."""
+    if isinstance(form, LiteralForm):
+        return _holds_float(form.value)
+    if isinstance(form, ColumnForm):
+        return form.parse_json
+    if isinstance(form, ObjectForm):
+        return any(_may_add_floats(child) for _key, child in form.entries)
+    return False  # ColumnsForm: row values only
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_float(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_float(item) for item in value)
+    return isinstance(value, float)
 
 
 def _reject_oversize(message: dict[str, Any], size: int) -> None:

@@ -23,6 +23,14 @@ _NUMERIC_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _PRE_1970_WARNING = "is before 1970-01-01; Segment documents that such events may not be ingested"
 
 
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(100))
+_MILLISECONDS_Z = tuple(f".{number:03d}Z" for number in range(1000))
+#: "YYYY-MM-DDT" per calendar day seen; bounded because a sync touches few distinct days, and cleared
+#: when full so that a pathological spread of dates cannot grow it without limit.
+_DAY_PREFIXES: dict[tuple[int, int, int], str] = {}
+_DAY_PREFIXES_LIMIT = 4096
+
+
 def format_datetime(value: datetime) -> str:
     """
     Render a ``datetime`` as UTC ISO-8601 text ending in ``Z``, like JavaScript's ``toISOString``.
@@ -33,20 +41,31 @@ def format_datetime(value: datetime) -> str:
     :param value: naive (taken as UTC) or aware datetime.
     :return: e.g. ``"2023-09-26T09:46:28.290Z"`` or ``"2023-09-26T09:46:28.290123Z"``.
     """
-    timespec = "microseconds" if value.microsecond % 1000 else "milliseconds"
     zone = value.tzinfo
-    if zone is not UTC:
-        offset = None if zone is None else value.utcoffset()
-        if offset is None:  # naive (or a tzinfo that declines to give an offset): taken as UTC
-            return value.isoformat(timespec=timespec) + "Z"
+    if zone is not None and zone is not UTC:
+        offset = value.utcoffset()  # None: a tzinfo that declines to give an offset, i.e. naive
         if offset:
             try:
                 value = value.astimezone(UTC)
             except OverflowError:
                 # Within a day of datetime.min/max the UTC instant is not representable; keep the offset.
-                return value.isoformat(timespec=timespec)
-    # A datetime at offset zero ends in "+00:00"; slicing that off is cheaper than replace(tzinfo=None).
-    return value.isoformat(timespec=timespec)[:-6] + "Z"
+                return value.isoformat(
+                    timespec="microseconds" if value.microsecond % 1000 else "milliseconds"
+                )
+    microsecond = value.microsecond
+    if microsecond % 1000:
+        return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # Built from lookup tables: datetime.isoformat formats through a printf-style path that costs
+    # several times more, and this runs for every timestamp of every record.
+    day = (value.year, value.month, value.day)
+    prefix = _DAY_PREFIXES.get(day)
+    if prefix is None:
+        if len(_DAY_PREFIXES) >= _DAY_PREFIXES_LIMIT:
+            _DAY_PREFIXES.clear()
+        prefix = _DAY_PREFIXES[day] = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+    two = _TWO_DIGITS
+    clock = f"{two[value.hour]}:{two[value.minute]}:{two[value.second]}"
+    return f"{prefix}{clock}{_MILLISECONDS_Z[microsecond // 1000]}"
 
 
 def format_date(value: date) -> str:

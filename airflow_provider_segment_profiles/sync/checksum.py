@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any
 
 
@@ -14,6 +15,9 @@ def record_key(value: Any) -> str | None:
     Keys compare as strings, so ``1`` and ``'1'`` are the same record, ``'00123'`` and ``123`` are not, and
     case matters (``'ABC'`` and ``'abc'`` differ). Floats that hold integers (``1.0``) become ``'1'``.
     """
+    value_type = type(value)
+    if value_type is int or value_type is str:  # the usual identifier types: skip the checks below
+        return str(value)
     if value is None:
         return None
     if isinstance(value, bytes | bytearray | memoryview):
@@ -39,16 +43,28 @@ class Checksummer:
     def __init__(self, seed: str, column_indexes: Sequence[int]) -> None:
         self._seed = blake2b(seed.encode(), digest_size=16).digest()
         self._indexes = tuple(column_indexes)
+        # Keying BLAKE2b hashes the key as a whole first block; hashing it once and copying the keyed
+        # state per record gives the same digests at about half the cost (docs/benchmarks.md).
+        self._keyed = blake2b(digest_size=8, key=self._seed)
+        self._values = _tuple_getter(self._indexes)
 
     def __call__(self, row: Sequence[Any]) -> int:
         """Checksum of ``row`` as a signed 64-bit integer (fits an SQLite INTEGER)."""
-        values = tuple(row[i] for i in self._indexes)
-        digest = blake2b(
-            repr(values).encode("utf-8", "surrogatepass"), digest_size=8, key=self._seed
-        ).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        hasher = self._keyed.copy()
+        hasher.update(repr(self._values(row)).encode("utf-8", "surrogatepass"))
+        return int.from_bytes(hasher.digest(), "big", signed=True)
+
+
+def _tuple_getter(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``row -> tuple(row[i] for i in indexes)``, at C speed for two or more indexes."""
+    if len(indexes) >= 2:
+        return itemgetter(*indexes)
+    if len(indexes) == 1:
+        (index,) = indexes
+        return lambda row: (row[index],)
+    return lambda row: ()
 
 
 def checksum_hex(checksum: int) -> str:
     """Checksum as 16 hex digits, for message ids and reports."""
-    return f"{checksum & 0xFFFFFFFFFFFFFFFF:016x}"
+    return checksum.to_bytes(8, "big", signed=True).hex()

@@ -62,14 +62,25 @@ def connection_exports() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("where", "line"), connection_exports(), ids=[w for w, _ in connection_exports()])
 def test_connection_exports_resolve(where, line, monkeypatch):
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
     name, value = shlex.split(line.removeprefix("export "))[0].split("=", 1)
     monkeypatch.setenv(name, value)
-    hook = SegmentProfilesHook(name.removeprefix("AIRFLOW_CONN_").lower())
-    assert hook.base_url == REGIONS[hook.region]
+    conn_id = name.removeprefix("AIRFLOW_CONN_").lower()
+    connection = BaseHook.get_connection(conn_id)
+    if connection.conn_type != "segment_profiles":
+        assert isinstance(connection.get_hook(), DbApiHook)
+        return
+    hook = SegmentProfilesHook(conn_id)
+    if connection.host:
+        assert hook.base_url == f"http://{connection.host}:{connection.port}/v1"
+    else:
+        assert hook.base_url == REGIONS[hook.region]
 
 
 def test_connection_exports_were_found():
-    assert len(connection_exports()) >= 4
+    assert len(connection_exports()) >= 7
 
 
 @pytest.mark.parametrize("action", ACTION_NAMES)

@@ -268,3 +268,37 @@ def test_write_key_never_appears_in_logs_errors_or_repr(monkeypatch, caplog, cap
         assert secret not in text
         assert encoded not in text
     assert "Retrying" in logs  # the logs were captured, so the check above had something to read
+
+
+def test_a_write_key_with_whitespace_is_refused_before_sending(monkeypatch, emulator):
+    # Segment (and the emulator) answer 200 to such a key and drop the events: "delivered" would be a lie.
+    conn = {"conn_type": "segment_profiles", "password": WRITE_KEY + "\n", "host": emulator.url}
+    monkeypatch.setenv("AIRFLOW_CONN_SEGMENT_NEWLINE", json.dumps(conn))
+    with pytest.raises(ValueError, match="whitespace") as raised:
+        SegmentProfilesHook("segment_newline").send_messages([identify("u1")])
+    assert WRITE_KEY not in str(raised.value)
+    assert emulator.requests == []
+
+
+def test_uri_with_host_and_port_reaches_the_emulator(monkeypatch, emulator):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SEGMENT_URI", f"segment-profiles://:{WRITE_KEY}@127.0.0.1:{emulator.port}"
+    )
+    hook = SegmentProfilesHook("segment_uri")
+    assert hook.base_url == emulator.url
+    assert hook.send_messages([identify("u1")]).delivered == [0]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("proxy.example.com", None, "https://proxy.example.com/v1"),
+        ("https://proxy.example.com/v1", None, "https://proxy.example.com/v1"),
+        ("localhost:8765", None, "http://localhost:8765/v1"),
+        ("127.0.0.1", 8765, "http://127.0.0.1:8765/v1"),
+    ],
+)
+def test_host_override_forms(monkeypatch, host, port, url):
+    conn = {"conn_type": "segment_profiles", "password": "k3y", "host": host, "port": port}
+    monkeypatch.setenv("AIRFLOW_CONN_SEGMENT_HOST_FORMS", json.dumps(conn))
+    assert SegmentProfilesHook("segment_host_forms").base_url == url

@@ -138,7 +138,7 @@ class SegmentProfilesHook(BaseHook):
         region = str(extra.get("region") or DEFAULT_REGION)
         region_url = base_url_for_region(region)
         host = (conn.host or "").strip()
-        base_url = _normalise_host(host) if host else region_url
+        base_url = _normalise_host(host, conn.port) if host else region_url
         use_gzip = self._gzip if self._gzip is not None else _truthy(extra.get("gzip", False))
         return write_key, region.strip().lower(), base_url, use_gzip
 
@@ -165,6 +165,10 @@ class SegmentProfilesHook(BaseHook):
                 f"Connection {self.segment_profiles_conn_id!r} has no write key: put the write key of the "
                 "Profile Space's source in the connection's Write Key (password) field."
             )
+        # Segment answers 200 to a malformed key and drops the events, so refuse it before sending.
+        problem = _write_key_problem(write_key)
+        if problem:
+            raise ValueError(f"Connection {self.segment_profiles_conn_id!r}: {problem}")
         session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size))
         session.mount("http://", adapter)
@@ -419,10 +423,20 @@ def _error_body(response: requests.Response) -> str:
     return text[:_ERROR_BODY_CHARS] if text else "(empty body)"
 
 
-def _normalise_host(host: str) -> str:
+def _normalise_host(host: str, port: int | None = None) -> str:
+    """
+    Base URL from the connection's Host (and Port, as a URI such as ``segment-profiles://:KEY@127.0.0.1:8765``
+    gives them): a host without a scheme is ``http`` on loopback (the emulator) and ``https`` elsewhere.
+    """
     url = host.rstrip("/")
     if "://" not in url:
-        url = f"https://{url}"
+        loopback = url.split("/")[0].split(":")[0] in {"127.0.0.1", "localhost", "::1", "[::1]"}
+        url = f"{'http' if loopback else 'https'}://{url}"
+    if port:
+        scheme, rest = url.split("://", 1)
+        authority, _, path = rest.partition("/")
+        if ":" not in authority.rsplit("]", 1)[-1]:
+            url = f"{scheme}://{authority}:{int(port)}" + (f"/{path}" if path else "")
     if not url.endswith("/v1"):
         url = f"{url}/v1"
     return url

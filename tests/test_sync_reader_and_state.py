@@ -144,8 +144,10 @@ def test_snapshot_classifies_and_keeps_failed_records_for_the_next_run(tmp_path)
     assert first.classify([("a", 9, None)]) == [(None, True)]  # a duplicate across chunks
     first.mark_failed(["c"])
     previous = tmp_path / "prev.sqlite"
-    assert first.write_diff_snapshot(previous) == 2  # c was added but not delivered
+    assert first.write_diff_snapshot(previous) == 3
     first.close()
+    # c was added but not delivered: kept as unconfirmed (NULL), so it is added again, or deleted if gone.
+    assert dict(sqlite3.connect(previous).execute("SELECT pk, checksum FROM snapshot").fetchall())["c"] is None
 
     second = SnapshotStore(tmp_path, previous)
     assert second.classify([("a", 1, None), ("b", 5, None), ("c", 3, None)]) == [

@@ -169,6 +169,8 @@ class SegmentProfilesHook(BaseHook):
         problem = _write_key_problem(write_key)
         if problem:
             raise ValueError(f"Connection {self.segment_profiles_conn_id!r}: {problem}")
+        if getattr(self, "_closed", False):
+            raise RuntimeError(f"SegmentProfilesHook({self.segment_profiles_conn_id!r}) was closed")
         session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size))
         session.mount("http://", adapter)
@@ -189,7 +191,11 @@ class SegmentProfilesHook(BaseHook):
         return self.session
 
     def close(self) -> None:
-        """Close pooled HTTP connections. Safe to call more than once, and from another thread."""
+        """
+        Close pooled HTTP connections; the hook sends nothing more afterwards (``on_kill`` relies on it).
+        Safe to call more than once, and from another thread.
+        """
+        self._closed = True
         session = self.__dict__.pop("session", None)
         if session is not None:
             session.close()
@@ -317,12 +323,12 @@ class SegmentProfilesHook(BaseHook):
                 prepared = session.prepare_request(requests.Request("POST", url, data=body))
                 response = session.send(prepared, timeout=self.timeout, allow_redirects=True, **send_settings)
             except (requests.ConnectionError, requests.Timeout) as err:
-                reason = f"{type(err).__name__} talking to {url}"
+                reason = self._redact(f"{type(err).__name__} talking to {_without_userinfo(url)}")
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     return True, status, "", attempt
-                reason = f"HTTP {status} from Segment: {_error_body(response)}"
+                reason = self._redact(f"HTTP {status} from Segment: {_error_body(response)}")
                 if status not in RETRYABLE_STATUSES:
                     self.log.warning("Segment refused %d messages: %s (not retried)", len(items), reason)
                     return False, status, reason, attempt
@@ -350,6 +356,13 @@ class SegmentProfilesHook(BaseHook):
                 "Retrying %d messages in %.2f s (attempt %d): %s", len(items), wait, attempt, reason
             )
             self._sleep(wait)
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the write key or its Basic credentials (a proxy may echo them back)."""
+        key = self.__dict__.get("_settings", ("",))[0]
+        if key:
+            text = text.replace(_basic_auth(key).removeprefix("Basic "), "***").replace(key, "***")
+        return text
 
     def _send_settings(self, session: requests.Session, url: str) -> dict[str, Any]:
         """
@@ -385,14 +398,17 @@ class SegmentProfilesHook(BaseHook):
         try:
             response = self.session.post(f"{base_url}/batch", data=_batch_body([]), timeout=self.timeout)
         except requests.RequestException as err:
-            return False, f"Could not reach the tracking API at {base_url}: {type(err).__name__}"
+            return False, f"Could not reach the tracking API at {_without_userinfo(base_url)}: {type(err).__name__}"
         if response.status_code >= 400:
             return (
                 False,
-                f"The tracking API at {base_url} answered HTTP {response.status_code}: {_error_body(response)}",
+                self._redact(
+                    f"The tracking API at {_without_userinfo(base_url)} answered HTTP {response.status_code}: "
+                    f"{_error_body(response)}"
+                ),
             )
         return True, (
-            f"Reached the {region} tracking API at {base_url} and the write key is well-formed. Segment accepts "
+            f"Reached the {region} tracking API at {_without_userinfo(base_url)} and the write key is well-formed. Segment accepts "
             "any write key and drops events sent with an unknown one, so this test cannot verify the key: "
             "after the first sync, check the Profile Space source's debugger in Segment."
         )
@@ -458,5 +474,11 @@ def _write_key_problem(write_key: str) -> str | None:
 
 def _scrub(text: str, hook: SegmentProfilesHook) -> str:
     """Remove the write key from text that may have come from a library's exception."""
-    key = hook.__dict__.get("_settings", ("",))[0]
-    return text.replace(key, "***") if key else text
+    return hook._redact(text)
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL without ``user:password@``, which must never reach a log or a report."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rsplit('@', 1)[-1]}{slash}{path}"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -236,6 +237,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         ti = context["ti"]
         # Connections are resolved afresh each run: an operator object can be executed again (dag.test).
         self._segment_hooks = {}
+        self._killed = threading.Event()
         self.__dict__.pop("warehouse_hook", None)
         try:
             compiled = self._compile(self.mappings)
@@ -365,6 +367,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         deleted_mappings = [(m, binders[m.name], spaces[m.name]) for m in compiled if m.trigger == "deleted"]
 
         def settle(completions: list[Completion]) -> None:
+            self._raise_if_killed()
             failed_pks: list[str] = []
             failed_deletes: list[str] = []
             for done in completions:
@@ -383,6 +386,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
 
         try:
             for rows in reader.chunks():
+                self._raise_if_killed()
                 accounting.rows_read += len(rows)
                 batch: list[tuple[str, int, Any]] = []
                 accepted: list[tuple[Sequence[Any], str, int, Any]] = []
@@ -423,6 +427,10 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     if change == "unchanged":
                         continue
                     hex_checksum = checksum_hex(checksum)
+                    if change == "updated":
+                        # The message id follows the transition, not only the new value: a record that returns
+                        # to an earlier value within Segment's 24 h dedup window must not reuse that id.
+                        hex_checksum = f"{checksum_hex(previous)}-{hex_checksum}"
                     for mapping, binder, space, selects in selectors:
                         if not selects(change):
                             continue
@@ -446,7 +454,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                         for mapping, binder, space in deleted_mappings:
                             accounting.mappings[mapping.name].selected += 1
                             try:
-                                built = binder.build_deleted(pk, checksum=checksum_hex(previous_checksum))
+                                built = binder.build_deleted(pk, checksum=_deleted_checksum(previous_checksum))
                             except RecordRejected as rejection:
                                 accounting.message(
                                     mapping.name, "rejected", pk, rejection.reason, rejection.field
@@ -455,7 +463,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                             settle(dispatcher.add(space, built.encoded, (pk, mapping.name, "deleted", None)))
                     progress.maybe_log("deletes", accounting.rows_read)
             progress.maybe_log("sending", accounting.rows_read, force=True)
+            self._raise_if_killed()
             settle(dispatcher.flush())
+            self._raise_if_killed()
         finally:
             dispatcher.close()
             reader.close()
@@ -673,12 +683,28 @@ class SegmentProfilesSyncOperator(BaseOperator):
         for hook in self._segment_hooks.values():
             hook.close()
 
+    def _raise_if_killed(self) -> None:
+        killed = getattr(self, "_killed", None)  # created by execute(); an Event does not survive deepcopy
+        if killed is not None and killed.is_set():
+            raise AirflowException("The task was killed while syncing; no state was committed.")
+
     def on_kill(self) -> None:
-        """Close the warehouse cursor and the HTTP sessions; state is not committed, so nothing is lost."""
+        """
+        Stop the sync: no more rows are read or messages sent, the cursor and HTTP sessions are closed, and
+        nothing is committed, so the next try starts from the last committed state.
+        """
+        killed = getattr(self, "_killed", None)
+        if killed is not None:
+            killed.set()
         reader = self._reader
         if reader is not None:
             reader.close()
         self._close_connections()
+
+
+def _deleted_checksum(previous_checksum: int | None) -> str:
+    # NULL marks an added record whose delivery was not confirmed (see SnapshotStore.write_diff_snapshot).
+    return "unconfirmed" if previous_checksum is None else checksum_hex(previous_checksum)
 
 
 def _duplicate_reason(column: str, pk: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,9 @@ class ModelReader:
             the database refuses it as a programming error (syntax, unknown table, several statements).
         """
         self._conn = self.hook.get_conn()
+        if isinstance(self._conn, sqlite3.Connection):
+            # SQLite stores any bytes as TEXT; undecodable text would fail every run (see _decode_sqlite_text).
+            self._conn.text_factory = _decode_sqlite_text
         module = type(self._conn).__module__
         if module.startswith(("psycopg2", "psycopg")):
             self._cursor = self._conn.cursor(name=f"segment_profiles_{uuid.uuid4().hex[:12]}")
@@ -154,12 +158,19 @@ class ModelReader:
         return self.columns
 
     def chunks(self) -> Iterator[list[Sequence[Any]]]:
-        """Yield lists of at most ``fetch_size`` rows until the result is exhausted."""
+        """
+        Yield lists of at most ``fetch_size`` rows until the result is exhausted.
+
+        :raises ModelReaderClosed: when the reader was closed meanwhile (``on_kill``).
+        """
         if self._first:
             first, self._first = self._first, []
             yield first
         while True:
-            rows = self._cursor.fetchmany(self.fetch_size)
+            cursor = self._cursor
+            if cursor is None:
+                raise ModelReaderClosed("The model's cursor was closed (the task is being killed)")
+            rows = cursor.fetchmany(self.fetch_size)
             if not rows:
                 return
             yield rows
@@ -175,5 +186,22 @@ class ModelReader:
                     closeable.close()
 
 
+class ModelReaderClosed(RuntimeError):
+    """Rows were asked for after :meth:`ModelReader.close`."""
+
+
 def _is_programming_error(err: BaseException) -> bool:
-    return any(cls.__name__ == "ProgrammingError" for cls in type(err).__mro__)
+    # DB-API: ProgrammingError (syntax, unknown table) and NotSupportedError (e.g. PostgreSQL refusing a
+    # data-modifying CTE in a cursor) will not go away on retry.
+    return any(cls.__name__ in {"ProgrammingError", "NotSupportedError"} for cls in type(err).__mro__)
+
+
+def _decode_sqlite_text(raw: bytes) -> str:
+    """
+    Decode SQLite TEXT. Lone surrogates stored as CESU-8 become ``U+FFFD`` through the value policy (with a
+    warning); any other invalid UTF-8 becomes ``U+FFFD`` here, instead of failing the whole run.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")

@@ -140,15 +140,16 @@ class SnapshotStore:
         Write the snapshot the next diff run compares against; return its record count.
 
         Delivered, rejected and unchanged records keep this run's checksum; a record with an undelivered
-        message keeps its previous checksum (or is left out when it was added), so it is sent again; a
-        deleted record whose message failed is kept, so it is deleted again.
+        message keeps its previous checksum, so it is sent again. An added record whose message failed is
+        kept with a NULL checksum ("unconfirmed": Segment may have accepted it before a timeout): next run
+        it counts as added again if it is still in the model, and as deleted if it is gone. A deleted
+        record whose message failed is kept, so it is deleted again.
         """
         return self._write(
             destination,
             """
             INSERT INTO out.snapshot (pk, checksum, cursor)
-            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL FROM current
-            WHERE NOT (failed AND prev_checksum IS NULL);
+            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL FROM current;
             INSERT INTO out.snapshot (pk, checksum, cursor)
             SELECT p.pk, p.checksum, NULL FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
             """,

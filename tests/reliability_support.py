@@ -312,20 +312,33 @@ def message_id_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
 
     - one ``messageId`` carried by two different bodies (Segment would drop the second, a different
       change, as a duplicate);
-    - one change (same body apart from ``messageId``) sent under two ids (Segment would apply it twice).
+    - one change sent twice under two ids: the same body for the same record, call type and event, with no
+      other body for it in between (Segment would apply it twice). A record that returns to an earlier
+      value is a new change, so the same body after a different one may carry a new id.
     """
     bodies: dict[str, set[str]] = defaultdict(set)
-    ids_of_change: dict[str, set[str]] = defaultdict(set)
+    last: dict[tuple[Any, ...], tuple[str, str]] = {}
+    repeated: dict[str, set[str]] = defaultdict(set)
     for message in messages:
-        bodies[message.get("messageId", "<none>")].add(comparable(message))
-        ids_of_change[change_key(message)].add(message.get("messageId", "<none>"))
+        message_id = message.get("messageId", "<none>")
+        body = change_key(message)
+        bodies[message_id].add(comparable(message))
+        stream = (
+            message.get("userId"),
+            message.get("anonymousId"),
+            message.get("type"),
+            message.get("event"),
+        )
+        previous = last.get(stream)
+        if previous is not None and previous[0] == body and previous[1] != message_id:
+            repeated[body].update({previous[1], message_id})
+        last[stream] = (body, message_id)
     problems = [
         f"messageId {mid} carried {len(b)} different bodies" for mid, b in bodies.items() if len(b) > 1
     ]
     problems += [
         f"one change sent under {len(ids)} messageIds {sorted(ids)}: {key[:200]}"
-        for key, ids in ids_of_change.items()
-        if len(ids) > 1
+        for key, ids in repeated.items()
     ]
     return problems
 

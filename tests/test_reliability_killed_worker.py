@@ -166,12 +166,6 @@ def test_sigterm_calls_on_kill_and_loses_nothing(rel_harness: DagHarness, monkey
     assert_segment_matches(h.emulator.messages, warehouse_customers(h.warehouse))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after on_kill (SIGTERM) the task keeps sending the rest of the current chunk through "
-    "lazily re-created HTTP sessions, then dies with AttributeError: 'NoneType' object has no attribute "
-    "'fetchmany' instead of stopping",
-)
 def test_on_kill_stops_sending(rel_harness: DagHarness, monkeypatch):
     """After ``on_kill`` returns, at most the requests already in flight may still arrive."""
     h = rel_harness

@@ -176,12 +176,6 @@ def _key_in_host_url(emulator: SegmentEmulator, key: str) -> dict:
     return {**emulator.airflow_connection(), "host": f"http://user:{key}@127.0.0.1:1/v1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: failure reasons are built from server error bodies and request URLs verbatim, so a reply "
-    "that echoes the credentials (a proxy or gateway) or a Host URL carrying them puts the write key in the "
-    "report, the summary XCom and the log",
-)
 @pytest.mark.parametrize("case", ["error body echoes the key", "key in the host URL"])
 def test_failure_reasons_are_scrubbed_of_the_key(rel_sqlite, tmp_path, monkeypatch, capfd, case):
     key = f"wk-{secrets.token_hex(16)}"

@@ -377,12 +377,6 @@ def _diff_sandbox(stack: ExitStack) -> tuple[Sandbox, DirectRunner]:
     return sandbox, runner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: messageId is derived from (mapping, change kind, checksum, key) only, so a record that "
-    "returns to an earlier value within Segment's 24 h dedup window gets the earlier change's messageId "
-    "and Segment drops it: the profile keeps the intermediate value",
-)
 def test_value_flip_flop_within_the_dedup_window():
     FIGURES.input("value flip-flop")
     with ExitStack() as stack:
@@ -438,11 +432,6 @@ def test_revert_after_a_crashed_try_delivered_the_update():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a message whose request timed out is counted failed although Segment may have accepted it; "
-    "state then treats the record as never delivered, so deleting it before the next run sends no delete",
-)
 def test_delete_after_an_ambiguous_timeout():
     FIGURES.input("timed-out add, then delete")
     with ExitStack() as stack:

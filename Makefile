@@ -27,6 +27,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/python scripts/demo.py
 
 bench: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	scripts/ensure-postgres.sh
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 

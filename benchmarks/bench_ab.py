@@ -3,9 +3,11 @@ Before/after figures for the hot-path optimisations: the per-record components o
 the same components at a git revision, measured in one process with the two interleaved round by round,
 so load from other processes on the machine hits both alike.
 
-Run: ``.venv/bin/python benchmarks/bench_ab.py --baseline REV [--records N] [--rounds R]``. The baseline
-package is taken with ``git archive REV`` (the work tree is not touched) and imported under another
-name. Prints CPU microseconds per record (``time.process_time``, the best round of each).
+Run: ``.venv/bin/python benchmarks/bench_ab.py --baseline REV [--now REV] [--records N] [--rounds R]``.
+The packages are taken with ``git archive REV`` (the work tree is not touched) and imported under other
+names; without ``--now`` the checkout's own package is measured. Prints CPU microseconds per record
+(``time.process_time``, the best round of each). The optimisations of issue 6 are commit 85465cd:
+``--baseline 85465cd~1 --now 85465cd``.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from bench_components import make_rows, postgres_rows  # noqa: E402 - the helper
 from bench_data import COLUMNS, MAPPINGS  # noqa: E402
 
 
-def load_baseline(revision: str, folder: Path) -> str:
+def load_package(revision: str, folder: Path, name: str) -> str:
     """
     Extract the package at ``revision`` (a git revision, or a folder holding a copy of the package) into
-    ``folder`` as ``baseline_sp``; return the name.
+    ``folder`` as ``name``; return the name.
     """
+    folder.mkdir(parents=True)
     if Path(revision, PACKAGE).is_dir():
         shutil.copytree(
             Path(revision, PACKAGE), folder / PACKAGE, ignore=shutil.ignore_patterns("__pycache__")
@@ -53,7 +56,6 @@ def load_baseline(revision: str, folder: Path) -> str:
         ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(folder, filter="data")
-    name = "baseline_sp"
     (folder / PACKAGE).rename(folder / name)
     pattern = re.compile(rf"\b{PACKAGE}\b")
     for path in (folder / name).rglob("*.py"):
@@ -179,6 +181,9 @@ def main() -> None:
         required=True,
         help="git revision to compare with (e.g. HEAD), or a folder holding a copy of the package",
     )
+    parser.add_argument(
+        "--now", help="git revision (or package folder) to measure instead of this checkout's package"
+    )
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--only", help="only the components whose name contains this text")
@@ -206,8 +211,8 @@ def main() -> None:
 def run_rounds(args: argparse.Namespace, rows: list[tuple], pg_rows: list[tuple]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        baseline = modules(load_baseline(args.baseline, workdir / "src"))
-        current = modules(PACKAGE)
+        baseline = modules(load_package(args.baseline, workdir / "baseline", "baseline_sp"))
+        current = modules(load_package(args.now, workdir / "now", "now_sp") if args.now else PACKAGE)
         both = {
             "baseline": cases(baseline, rows, pg_rows, workdir),
             "now": cases(current, rows, pg_rows, workdir),
@@ -226,7 +231,8 @@ def run_rounds(args: argparse.Namespace, rows: list[tuple], pg_rows: list[tuple]
                     elapsed = time.process_time() - started
                     best[name][which] = min(best[name].get(which, elapsed), elapsed)
     print(f"{args.records:,} records, CPU us per record, best of {args.rounds} interleaved rounds")
-    print(f"  {'component':<38} {'baseline':>12} {'now':>8} {'speed-up':>9}   (baseline: {args.baseline})")
+    print(f"  baseline: {args.baseline}; now: {args.now or 'this checkout'}")
+    print(f"  {'component':<38} {'baseline':>12} {'now':>8} {'speed-up':>9}")
     for name, figures in best.items():
         before = figures["baseline"] / args.records * 1e6
         after = figures["now"] / args.records * 1e6

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from queue import SimpleQueue
@@ -67,7 +66,6 @@ class Dispatcher:
         max_in_flight: int = 4,
         rate_limiter: TokenBucket | None = None,
         dry_run_sink: IO[bytes] | None = None,
-        on_sent: Callable[[int], None] | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_MESSAGES:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_MESSAGES}")
@@ -78,7 +76,6 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.rate_limiter = rate_limiter
         self.dry_run_sink = dry_run_sink
-        self.on_sent = on_sent
         self.requests = 0
         self._batches: dict[str, _Batch] = {}
         self._futures: dict[Future[DeliveryResult], list[Any]] = {}
@@ -160,6 +157,4 @@ class Dispatcher:
             completions.extend([Completion(refs[i], DELIVERED) for i in result.delivered])
             completions.extend([Completion(refs[p.index], REJECTED, p.reason) for p in result.rejected])
             completions.extend([Completion(refs[p.index], FAILED, p.reason) for p in result.failed])
-            if self.on_sent is not None:
-                self.on_sent(len(result.delivered))
         return completions

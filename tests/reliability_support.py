@@ -314,7 +314,8 @@ def message_id_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
       change, as a duplicate);
     - one change sent twice under two ids: the same body for the same record, call type and event, with no
       other body for it in between (Segment would apply it twice). A record that returns to an earlier
-      value is a new change, so the same body after a different one may carry a new id.
+      value is a new change, so the same body after a different one may carry a new id; so is a record
+      that comes back after its delete (``Customer Deleted``) was sent.
     """
     bodies: dict[str, set[str]] = defaultdict(set)
     last: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -333,6 +334,9 @@ def message_id_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
         if previous is not None and previous[0] == body and previous[1] != message_id:
             repeated[body].update({previous[1], message_id})
         last[stream] = (body, message_id)
+        if message.get("event") == DELETE_EVENT:  # the record is gone: its next add is a new change
+            for other in [s for s in last if s[0] == stream[0] and s[1] == stream[1] and s != stream]:
+                del last[other]
     problems = [
         f"messageId {mid} carried {len(b)} different bodies" for mid, b in bodies.items() if len(b) > 1
     ]

@@ -54,15 +54,14 @@ def assert_all_planned(messages: list[dict], planned: dict[str, dict]) -> None:
         assert comparable(message) == comparable(planned[message["messageId"]])
 
 
-def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
-    h = rel_harness
-    h.operator.update(batch_size=5, max_requests_in_flight=1)
-    planned = prepare_changes(h)
-    head_before = h.head()
+def sigkill_mid_send(h: DagHarness, tmp_path: Path, after_messages: int) -> tuple[object, list[dict]]:
+    """
+    Run the DAG with ``airflow dags test`` in a subprocess and SIGKILL it once the emulator has accepted
+    ``after_messages`` messages of it; return the run's logical date and the messages it delivered.
+    """
     day = h.next_day()
     h.emulator.latency = 0.15
     before = h.emulator.message_count
-
     log = (tmp_path / "dags_test.log").open("wb")
     env = {**os.environ, **h.env()}
     process = subprocess.Popen(
@@ -74,7 +73,8 @@ def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
     )
     try:
         started = wait_until(
-            lambda: h.emulator.message_count - before >= 30 or process.poll() is not None, timeout_s=180
+            lambda: h.emulator.message_count - before >= after_messages or process.poll() is not None,
+            timeout_s=180,
         )
         assert started and process.poll() is None, (
             "the task finished (or never sent) before it could be killed"
@@ -92,10 +92,23 @@ def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
     FIGURES.run()
     h.emulator.latency = 0.0
     time.sleep(0.3)  # a request already read by the emulator may still be recorded
-    killed_sent = h.emulator.messages[before:]
+    return day, h.emulator.messages[before:]
+
+
+def journal_files(h: DagHarness) -> list[Path]:
+    return sorted(h.state_dir.rglob("journal/*.json"))
+
+
+def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
+    h = rel_harness
+    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    planned = prepare_changes(h)
+    head_before = h.head()
+    day, killed_sent = sigkill_mid_send(h, tmp_path, after_messages=30)
     assert 30 <= len(killed_sent) < len(planned)
     assert_all_planned(killed_sent, planned)
     assert h.head() == head_before  # the killed try committed nothing
+    assert journal_files(h)  # but it wrote what it was about to send
 
     # The retry: the same DAG run again (the scheduler would retry the zombie task the same way).
     retry = h.run(logical_date=day)
@@ -104,8 +117,29 @@ def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
     assert {m["messageId"] for m in retry.sent} == set(planned)  # everything, the killed try's ones included
     assert retry.summary["messages"] == {"delivered": len(planned), "rejected": 0, "failed": 0}
     assert h.head()["generation"] == head_before["generation"] + 1
+    assert journal_files(h) == []  # the commit accounted for the journal
     assert h.run().sent == []
     assert_segment_matches(h.emulator.messages, warehouse_customers(h.warehouse))
+
+
+def test_sigkill_then_the_warehouse_goes_back_before_the_next_run(rel_harness: DagHarness, tmp_path: Path):
+    """The killed try delivered updates and adds; before the next run the updates are reverted and the
+    added records deleted. Only the journal tells the next run that Segment may hold those values."""
+    h = rel_harness
+    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    wh = h.warehouse
+    create_customers(wh, range(1, 41))
+    assert h.run().state == "success"
+    wh.execute(f"UPDATE {wh.t('customers')} SET plan = 'pro' WHERE id <= 20")
+    insert_customers(wh, range(41, 61))
+    _, killed_sent = sigkill_mid_send(h, tmp_path, after_messages=30)
+    assert len(killed_sent) >= 30
+    wh.execute(f"UPDATE {wh.t('customers')} SET plan = 'free' WHERE id <= 20")  # back to what Segment had
+    wh.execute(f"DELETE FROM {wh.t('customers')} WHERE id > 40")  # the added ones are gone again
+    assert h.run().state == "success"
+    assert journal_files(h) == []
+    assert_segment_matches(h.emulator.messages, warehouse_customers(wh))
+    assert h.run().sent == []
 
 
 def sigterm_while_sending(h: DagHarness, monkeypatch, after_messages: int) -> tuple[object, list[int]]:

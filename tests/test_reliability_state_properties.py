@@ -64,6 +64,8 @@ PROPERTY_SETTINGS = settings(
 KEYS = st.integers(min_value=1, max_value=8)
 #: a crash after the first or second accepted request (runs are small: later indexes rarely fire)
 CRASH = st.tuples(st.just("crash"), st.integers(min_value=0, max_value=1))
+#: the same, but the warehouse changes before the next run (no immediate retry): the send journal's case
+CRASH_THEN_CHANGE = st.tuples(st.just("crash_then_change"), st.integers(min_value=0, max_value=1))
 FAIL_USER = st.tuples(st.just("fail_user"), KEYS, st.sampled_from([400, 500]))
 FAIL_BURST = st.tuples(st.just("fail_burst"), st.integers(min_value=1, max_value=3))
 TABLE_OPS = st.one_of(
@@ -73,6 +75,7 @@ TABLE_OPS = st.one_of(
     FAIL_USER,
     FAIL_BURST,
     CRASH,
+    CRASH_THEN_CHANGE,
 )
 APPEND_OPS = st.one_of(
     st.tuples(st.just("append"), st.integers(min_value=1, max_value=4), st.booleans()),
@@ -87,6 +90,7 @@ TABLE_EXAMPLE = [
     ("upsert", 1), ("delete", 2), ("upsert", 5), ("crash", 0), ("run",),
     ("fail_user", 3, 500), ("fail_user", 5, 400), ("upsert", 3), ("delete", 4), ("run",),
     ("fail_burst", 2), ("upsert", 6), ("delete", 5), ("run",),
+    ("upsert", 7), ("upsert", 1), ("crash_then_change", 0), ("run",), ("delete", 7), ("delete", 1), ("run",),
 ]  # fmt: skip
 APPEND_EXAMPLE = [
     ("append", 3, False), ("run",), ("append", 2, True), ("fail_user", 4, 500), ("run",),
@@ -152,8 +156,12 @@ class SyncDriver:
         self.pending.append(fault)
 
     def run(self) -> None:
-        """One run with the queued faults; after a crash, Airflow's immediate retry without faults."""
+        """
+        One run with the queued faults; after a ``crash``, Airflow's immediate retry without faults, after a
+        ``crash_then_change`` none (the next operations change the warehouse first).
+        """
         crash = None
+        retry = True
         for fault in self.pending:
             if fault[0] == "fail_user":
                 self.emulator.fail_user(str(fault[1]), status=fault[2])
@@ -161,6 +169,7 @@ class SyncDriver:
                 self.emulator.fail_next(fault[1], status=503)
             else:
                 crash = fault[1]
+                retry = fault[0] == "crash"
         self.pending = []
         requests_before = len(self.emulator.requests)
         messages_before = self.emulator.message_count
@@ -170,6 +179,8 @@ class SyncDriver:
         self.outcomes.append(outcome)
         if outcome == "crashed":
             FIGURES.fault("crash after an accepted request")
+            if not retry:
+                return
             self.outcomes.append(self._run_checked(None, self.emulator.message_count))
 
     def _run_checked(self, crash: int | None, messages_before: int) -> str:
@@ -391,11 +402,6 @@ def test_value_flip_flop_within_the_dedup_window():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crashed (killed) try commits nothing, so state does not know which records it delivered: "
-    "a record added by the crashed try and deleted before the next run never gets its delete",
-)
 def test_delete_after_a_crashed_try_delivered_the_add():
     FIGURES.input("crash, then delete before the next run")
     with ExitStack() as stack:
@@ -411,11 +417,6 @@ def test_delete_after_a_crashed_try_delivered_the_add():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crashed (killed) try commits nothing, so a record it updated in Segment and that is "
-    "reverted in the warehouse before the next run is seen as unchanged and never corrected",
-)
 def test_revert_after_a_crashed_try_delivered_the_update():
     FIGURES.input("crash, then revert before the next run")
     with ExitStack() as stack:
@@ -445,5 +446,41 @@ def test_delete_after_an_ambiguous_timeout():
         time.sleep(0.6)  # the emulator accepts the request after the client gave up
         assert [m["userId"] for m in sandbox.emulator.messages] == ["1", "1"]
         wh.execute("DELETE FROM customers WHERE id = 1")
+        runner.run()
+        assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+
+
+def test_revert_after_an_ambiguous_timeout_of_the_update():
+    FIGURES.input("timed-out update, then revert")
+    with ExitStack() as stack:
+        sandbox, runner = _diff_sandbox(stack)
+        wh = sandbox.warehouse
+        wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
+        runner.run()
+        wh.execute("UPDATE customers SET plan = 'pro' WHERE id = 1")
+        sandbox.emulator.delay_next(5, 0.4)
+        with pytest.raises(Exception, match="could not be delivered"):
+            runner.run(request_timeout=(2.0, 0.1))
+        FIGURES.fault("reply slower than read timeout", 1)
+        time.sleep(0.6)  # the emulator accepts the update after the client gave up
+        assert [m["traits"]["plan"] for m in sandbox.emulator.messages if m["type"] == "identify"] == [
+            "free",
+            "pro",
+        ]
+        wh.execute("UPDATE customers SET plan = 'free' WHERE id = 1")
+        runner.run()
+        assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+
+
+def test_record_that_leaves_and_returns_within_the_dedup_window():
+    FIGURES.input("delete, then the same record again")
+    with ExitStack() as stack:
+        sandbox, runner = _diff_sandbox(stack)
+        wh = sandbox.warehouse
+        wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
+        runner.run()
+        wh.execute("DELETE FROM customers WHERE id = 1")
+        runner.run()
+        wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")  # back, same values
         runner.run()
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))

@@ -9,7 +9,11 @@ import pytest
 
 from airflow_provider_segment_profiles.sync.checksum import Checksummer, record_key
 from airflow_provider_segment_profiles.sync.reader import ModelQueryError, ModelReader, single_statement
-from airflow_provider_segment_profiles.sync.snapshot import SnapshotStore
+from airflow_provider_segment_profiles.sync.snapshot import (
+    TOMBSTONE_RETENTION_S,
+    SnapshotStore,
+    prepare_previous,
+)
 from airflow_provider_segment_profiles.sync.state import StateError, StateLocation, SyncState, safe_component
 
 
@@ -138,45 +142,119 @@ def test_checksums_follow_values_and_mappings():
     assert Checksummer("mappings-v2", [0, 1])((1, "a")) != first((1, "a"))
 
 
+def snapshot_rows(path) -> dict[str, tuple]:
+    db = sqlite3.connect(path)
+    try:
+        return {
+            "snapshot": {pk: (c, v) for pk, c, v in db.execute("SELECT pk, checksum, version FROM snapshot")},
+            "uncertain": {pk for (pk,) in db.execute("SELECT pk FROM uncertain")},
+            "tombstone": {pk: v for pk, v, _ in db.execute("SELECT * FROM tombstone")},
+        }
+    finally:
+        db.close()
+
+
 def test_snapshot_classifies_and_keeps_failed_records_for_the_next_run(tmp_path):
+    new = (None, False, 1, False)
     first = SnapshotStore(tmp_path, None)
-    assert first.classify([("a", 1, None), ("b", 2, None), ("c", 3, None)]) == [(None, False)] * 3
-    assert first.classify([("a", 9, None)]) == [(None, True)]  # a duplicate across chunks
+    assert first.classify([("a", 1, None), ("b", 2, None), ("c", 3, None)]) == [new] * 3
+    assert first.classify([("a", 9, None), ("d", 4, None)]) == [None, new]  # a duplicate across chunks
     first.mark_failed(["c"])
     previous = tmp_path / "prev.sqlite"
-    assert first.write_diff_snapshot(previous) == 3
+    assert first.write_diff_snapshot(previous) == 4
     first.close()
-    # c was added but not delivered: kept as unconfirmed (NULL), so it is added again, or deleted if gone.
-    assert dict(sqlite3.connect(previous).execute("SELECT pk, checksum FROM snapshot").fetchall())["c"] is None
+    # c was added but not delivered: kept as unconfirmed (NULL) under the version it was sent with.
+    assert snapshot_rows(previous)["snapshot"] == {"a": (1, 1), "b": (2, 1), "c": (None, 1), "d": (4, 1)}
 
     second = SnapshotStore(tmp_path, previous)
-    assert second.classify([("a", 1, None), ("b", 5, None), ("c", 3, None)]) == [
-        (1, False),
-        (2, False),
-        (None, False),
+    assert second.classify([("a", 1, None), ("b", 5, None), ("c", 3, None), ("d", 4, None)]) == [
+        (1, True, 1, False),  # unchanged: keeps version 1
+        (2, True, 2, False),  # updated: version 2
+        (None, True, 1, False),  # the unconfirmed add, again under version 1 (same message id)
+        (4, True, 1, False),
     ]
     second.mark_failed(["b"])
     assert list(second.deleted()) == []
     nxt = tmp_path / "next.sqlite"
-    assert second.write_diff_snapshot(nxt) == 3
+    assert second.write_diff_snapshot(nxt) == 4
     second.close()
-    rows = dict(sqlite3.connect(nxt).execute("SELECT pk, checksum FROM snapshot").fetchall())
-    assert rows == {"a": 1, "b": 2, "c": 3}  # b keeps its old checksum, so it is updated again next run
+    # b keeps what Segment held (checksum 2, version 1) and is uncertain: the update may have arrived.
+    rows = snapshot_rows(nxt)
+    assert rows["snapshot"] == {"a": (1, 1), "b": (2, 1), "c": (3, 1), "d": (4, 1)}
+    assert rows["uncertain"] == {"b"}
+
+    third = SnapshotStore(tmp_path, nxt)
+    # b went back to the value Segment held before the failed update: sent anyway, as version 2.
+    assert third.classify([("b", 2, None)]) == [(2, True, 2, True)]
+    third.close()
 
 
-def test_snapshot_lists_deleted_records_and_keeps_failed_deletes(tmp_path):
-    store = SnapshotStore(tmp_path, None)
+def test_snapshot_lists_deleted_records_keeps_failed_deletes_and_tombstones(tmp_path):
+    store = SnapshotStore(tmp_path, None, now=1_000_000)
     store.classify([("a", 1, None), ("b", 2, None), ("c", 3, None)])
     previous = tmp_path / "prev.sqlite"
     store.write_diff_snapshot(previous)
     store.close()
 
-    store = SnapshotStore(tmp_path, previous)
+    store = SnapshotStore(tmp_path, previous, now=1_000_000)
     store.classify([("a", 1, None)])
-    assert sorted(pk for batch in store.deleted() for pk, _ in batch) == ["b", "c"]
+    assert sorted(row for batch in store.deleted() for row in batch) == [("b", 2, 2), ("c", 3, 2)]
     store.mark_delete_failed(["c"])
     nxt = tmp_path / "next.sqlite"
     assert store.write_diff_snapshot(nxt) == 2  # a, and c whose delete must be sent again
+    store.close()
+    rows = snapshot_rows(nxt)
+    assert rows["uncertain"] == {"c"} and rows["tombstone"] == {"b": 2}
+
+    # b comes back with its old value: an add under version 3, not its first message id again.
+    store = SnapshotStore(tmp_path, nxt, now=1_000_000 + TOMBSTONE_RETENTION_S - 1)
+    assert store.classify([("a", 1, None), ("b", 2, None)]) == [(1, True, 1, False), (None, False, 3, False)]
+    last = tmp_path / "last.sqlite"
+    store.write_diff_snapshot(last)
+    store.close()
+    assert snapshot_rows(last)["tombstone"] == {"c": 2}  # b lives again; c's retried delete (version 2) went
+
+    store = SnapshotStore(tmp_path, last, now=1_000_000 + 2 * TOMBSTONE_RETENTION_S)
+    store.classify([("a", 1, None), ("b", 2, None)])
+    store.write_diff_snapshot(tmp_path / "pruned.sqlite")
+    store.close()
+    assert snapshot_rows(tmp_path / "pruned.sqlite")["tombstone"] == {}  # older than the retention
+
+
+def test_journaled_records_of_an_uncommitted_try_are_folded_in(tmp_path):
+    store = SnapshotStore(tmp_path, None)
+    store.classify([("a", 1, None)])
+    committed = tmp_path / "committed.sqlite"
+    store.write_diff_snapshot(committed)
+    store.close()
+    # A try sent an update of a (version 2) and an add of z (version 1), then died before committing.
+    previous = prepare_previous(committed, tmp_path, [("a", 2), ("z", 1)])
+    store = SnapshotStore(tmp_path, previous)
+    # a is back at the committed value but Segment may hold the dead try's: sent again as version 2.
+    assert store.classify([("a", 1, None)]) == [(1, True, 2, True)]
+    assert [row for batch in store.deleted() for row in batch] == [("z", None, 2)]  # z is gone: delete it
+    store.close()
+    # With no committed state at all, the journal alone makes a snapshot to compare against.
+    assert prepare_previous(None, tmp_path, []) is None
+    fresh = prepare_previous(None, tmp_path, [("z", 1)])
+    store = SnapshotStore(tmp_path, fresh)
+    assert store.classify([("z", 7, None)]) == [(None, True, 1, True)]  # added again, same version
+    store.close()
+
+
+def test_snapshots_written_before_versions_are_upgraded(tmp_path):
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE snapshot (pk TEXT PRIMARY KEY, checksum INTEGER, cursor) WITHOUT ROWID")
+    db.executemany("INSERT INTO snapshot VALUES (?, ?, NULL)", [("a", 1), ("b", None)])
+    db.commit()
+    db.close()
+    store = SnapshotStore(tmp_path, prepare_previous(old, tmp_path, []))
+    assert store.classify([("a", 1, None), ("b", 5, None), ("n", 6, None)]) == [
+        (1, True, 0, False),
+        (None, True, 1, False),
+        (None, False, 1, False),
+    ]
     store.close()
 
 
@@ -228,3 +306,29 @@ def test_state_paths_cannot_escape_their_base(tmp_path, value):
     location = StateLocation((tmp_path / "base").as_uri(), value, value, -1)
     assert str(location.root).startswith((tmp_path / "base").as_uri())
     assert ".." not in str(location.root).split("/")
+
+
+def test_send_journal_reads_uncommitted_tries_and_skips_torn_files(tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_segment_profiles.sync.journal import JournalError, SendJournal
+
+    folder = ObjectStoragePath(f"file://{tmp_path}/journal")
+    dead = SendJournal(folder, base_generation=3, tag="run1-try1")
+    dead.record([("a", 2), ("b", 1)])
+    dead.record([])  # nothing to send: no file
+    stale = SendJournal(folder, base_generation=2, tag="run0-try1")
+    stale.record([("old", 5)])
+    (tmp_path / "journal" / "00000003-run1-try1-torn-000009.json").write_text('{"format": 1, "reco')
+
+    retry = SendJournal(folder, base_generation=3, tag="run1-try2")
+    files, records = retry.uncommitted()
+    assert records == [("a", 2), ("b", 1)]  # not the stale generation's, not the torn file's
+    assert len(files) == 3
+    retry.record([("c", 1)])
+    retry.discard(files)
+    assert list((tmp_path / "journal").iterdir()) == []
+
+    (tmp_path / "blocked").write_text("a file where the journal folder should be")
+    with pytest.raises(JournalError, match="nothing of this chunk was sent"):
+        SendJournal(ObjectStoragePath(f"file://{tmp_path}/blocked"), 0, "t").record([("a", 1)])

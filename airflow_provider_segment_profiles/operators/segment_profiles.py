@@ -28,13 +28,14 @@ from airflow_provider_segment_profiles.delivery.retry import RetryPolicy
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 from airflow_provider_segment_profiles.sync.accounting import AccountingMismatch, SyncAccounting
 from airflow_provider_segment_profiles.sync.checksum import Checksummer, checksum_hex, record_key
+from airflow_provider_segment_profiles.sync.journal import SendJournal
 from airflow_provider_segment_profiles.sync.reader import (
     ModelQueryError,
     ModelReader,
     single_statement,
     with_watermark_filter,
 )
-from airflow_provider_segment_profiles.sync.snapshot import SnapshotStore
+from airflow_provider_segment_profiles.sync.snapshot import Lookup, SnapshotStore, prepare_previous
 from airflow_provider_segment_profiles.sync.state import (
     STATE_XCOM_KEY,
     StateError,
@@ -272,11 +273,29 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 previous = None
                 if head is not None and not self.full_refresh and self.sync_mode != "full":
                     previous = location.download_snapshot(head, workdir)
+                journal, journal_files, unconfirmed = None, [], []
+                if self.sync_mode == "diff":
+                    journal = SendJournal(location.journal, head.generation if head else 0, run_tag)
+                    journal_files, unconfirmed = journal.uncommitted()
+                    if unconfirmed:
+                        self.log.warning(
+                            "A try that did not commit may have sent %d records; their current values (or "
+                            "deletes) are sent again",
+                            len(unconfirmed),
+                        )
+                previous = prepare_previous(previous, workdir, unconfirmed)
                 store = SnapshotStore(workdir, previous)
                 stack.callback(store.close)
                 accounting = SyncAccounting([m.name for m in compiled], report=report_file)
                 watermark_value = self._stream(
-                    compiled, spaces, head, store, accounting, dry_run_file, started
+                    compiled,
+                    spaces,
+                    head,
+                    store,
+                    accounting,
+                    dry_run_file,
+                    None if self.dry_run else journal,
+                    started,
                 )
                 accounting.reconcile()
                 summary = accounting.summary()
@@ -284,6 +303,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     state = self._commit(
                         location, head, store, workdir, watermark_value, fingerprint, accounting, ti
                     )
+                    if journal is not None:
+                        journal.discard(journal_files)
                     ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
                     summary["state_generation"] = state.generation
                 summary["report_path"] = self._upload(
@@ -325,9 +346,13 @@ class SegmentProfilesSyncOperator(BaseOperator):
         store: SnapshotStore,
         accounting: SyncAccounting,
         dry_run_file: IO[bytes] | None,
+        journal: SendJournal | None,
         started: float,
     ) -> Any:
-        """Read, classify, build and send every record; return the incremental watermark to commit."""
+        """
+        Read, classify, build and send every record; return the incremental watermark to commit. Each
+        chunk's records are written to ``journal`` (when given) before their messages are sent.
+        """
         db_hook = self.warehouse_hook
         statement = single_statement(self.sql, db_hook)
         sql, parameters = statement, self.parameters
@@ -412,13 +437,15 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     checksum = checksummer(row)
                     batch.append((pk, checksum, cursor_key))
                     accepted.append((row, pk, checksum, cursor_value))
-                for (row, pk, checksum, cursor_value), (previous, duplicate) in zip(
+                pending: list[tuple[str, bytes, tuple[str, str, str, Any]]] = []
+                journaled: list[tuple[str, int]] = []
+                for (row, pk, checksum, cursor_value), lookup in zip(
                     accepted, store.classify(batch), strict=True
                 ):
-                    if duplicate:
+                    if lookup is None:
                         accounting.reject_record(pk, _duplicate_reason(self.primary_key, pk))
                         continue
-                    change = self._change(previous, checksum)
+                    change, version = self._change(lookup, checksum)
                     accounting.records[change] += 1
                     if cursor_value is not None:
                         key = sort_key(cursor_value)
@@ -426,41 +453,47 @@ class SegmentProfilesSyncOperator(BaseOperator):
                             max_cursor, max_cursor_key = cursor_value, key
                     if change == "unchanged":
                         continue
-                    hex_checksum = checksum_hex(checksum)
-                    if change == "updated":
-                        # The message id follows the transition, not only the new value: a record that returns
-                        # to an earlier value within Segment's 24 h dedup window must not reuse that id.
-                        hex_checksum = f"{checksum_hex(previous)}-{hex_checksum}"
+                    id_checksum = self._id_checksum(checksum_hex(checksum), version)
+                    pending_before = len(pending)
                     for mapping, binder, space, selects in selectors:
                         if not selects(change):
                             continue
                         accounting.mappings[mapping.name].selected += 1
                         try:
-                            built = binder.build(row, primary_key=pk, checksum=hex_checksum)
+                            built = binder.build(row, primary_key=pk, checksum=id_checksum)
                         except RecordRejected as rejection:
                             accounting.message(
                                 mapping.name, "rejected", pk, rejection.reason, rejection.field
                             )
                             continue
                         accounting.warnings += len(built.warnings)
-                        settle(dispatcher.add(space, built.encoded, (pk, mapping.name, change, cursor_value)))
+                        pending.append((space, built.encoded, (pk, mapping.name, change, cursor_value)))
+                    if len(pending) > pending_before:
+                        journaled.append((pk, version))
+                self._send(dispatcher, journal, journaled, pending, settle)
                 settle(dispatcher.poll())
                 progress.maybe_log("reading", accounting.rows_read)
 
             if self.sync_mode == "diff":
                 for deleted in store.deleted():
                     accounting.records["deleted"] += len(deleted)
-                    for pk, previous_checksum in deleted:
+                    pending, journaled = [], []
+                    for pk, previous_checksum, version in deleted:
+                        id_checksum = _deleted_checksum(previous_checksum, version)
+                        pending_before = len(pending)
                         for mapping, binder, space in deleted_mappings:
                             accounting.mappings[mapping.name].selected += 1
                             try:
-                                built = binder.build_deleted(pk, checksum=_deleted_checksum(previous_checksum))
+                                built = binder.build_deleted(pk, checksum=id_checksum)
                             except RecordRejected as rejection:
                                 accounting.message(
                                     mapping.name, "rejected", pk, rejection.reason, rejection.field
                                 )
                                 continue
-                            settle(dispatcher.add(space, built.encoded, (pk, mapping.name, "deleted", None)))
+                            pending.append((space, built.encoded, (pk, mapping.name, "deleted", None)))
+                        if len(pending) > pending_before:
+                            journaled.append((pk, version))
+                    self._send(dispatcher, journal, journaled, pending, settle)
                     progress.maybe_log("deletes", accounting.rows_read)
             progress.maybe_log("sending", accounting.rows_read, force=True)
             self._raise_if_killed()
@@ -475,14 +508,37 @@ class SegmentProfilesSyncOperator(BaseOperator):
             return min(failed_cursor_values, key=sort_key)
         return max_cursor
 
-    def _change(self, previous: int | None, checksum: int) -> str:
+    def _send(
+        self,
+        dispatcher: Dispatcher,
+        journal: SendJournal | None,
+        journaled: list[tuple[str, int]],
+        pending: list[tuple[str, bytes, tuple[str, str, str, Any]]],
+        settle: Any,
+    ) -> None:
+        """Write the chunk's records ahead to the journal, then hand its messages to the dispatcher."""
+        if journal is not None:
+            self._raise_if_killed()
+            journal.record(journaled)
+        for space, encoded, ref in pending:
+            settle(dispatcher.add(space, encoded, ref))
+
+    def _change(self, lookup: Lookup, checksum: int) -> tuple[str, int]:
+        """``(added | updated | unchanged, version of the change)`` of one record (see SnapshotStore)."""
+        previous, known, version, uncertain = lookup
         if self.sync_mode == "full":
-            return "added"
+            return "added", version
         if self.sync_mode == "incremental":
-            return "unchanged" if previous is not None else "added"
+            return ("unchanged" if known else "added"), version
         if previous is None:
-            return "added"
-        return "unchanged" if previous == checksum else "updated"
+            return "added", version
+        return ("unchanged" if previous == checksum and not uncertain else "updated"), version
+
+    def _id_checksum(self, hex_checksum: str, version: int) -> str:
+        # In diff mode the message id includes the record's version, so a record that returns to an earlier
+        # value within Segment's 24 h dedup window is not dropped as a duplicate of that earlier change.
+        # Full and incremental modes keep no versions: their ids follow the values alone.
+        return f"{hex_checksum}.{version}" if self.sync_mode == "diff" else hex_checksum
 
     def _selector(self, mapping: CompiledMapping):
         if self.sync_mode == "full":
@@ -702,9 +758,10 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self._close_connections()
 
 
-def _deleted_checksum(previous_checksum: int | None) -> str:
+def _deleted_checksum(previous_checksum: int | None, version: int) -> str:
     # NULL marks an added record whose delivery was not confirmed (see SnapshotStore.write_diff_snapshot).
-    return "unconfirmed" if previous_checksum is None else checksum_hex(previous_checksum)
+    held = "unconfirmed" if previous_checksum is None else checksum_hex(previous_checksum)
+    return f"{held}.{version}"
 
 
 def _duplicate_reason(column: str, pk: str) -> str:

@@ -1,4 +1,17 @@
-"""The record snapshot: unique identifier -> checksum of every record a sync has delivered.
+"""The record snapshot: what a sync knows Segment holds for every record, kept between runs.
+
+A snapshot file is an SQLite database with three tables:
+
+* ``snapshot(pk, checksum, cursor, version)``: every record the sync has sent, with the checksum of the
+  values Segment holds (``NULL``: an add whose delivery was not confirmed), the incremental cursor's sort key
+  (incremental mode only) and the record's **version**, the number of changes sent for it. A change's
+  message id includes the version it moves the record to, so a record returning to an earlier value within
+  Segment's 24 h de-duplication window gets a new id instead of being dropped as a duplicate.
+* ``uncertain(pk)``: records for which Segment may hold another value than ``checksum``, because a message
+  for them may or may not have been accepted (a timeout, or a try that died before committing; see
+  :mod:`.journal`). The next run sends them even when their value equals ``checksum``.
+* ``tombstone(pk, version, deleted_at)``: records deleted in the last :data:`TOMBSTONE_RETENTION_S`
+  seconds, so one that comes back continues its version instead of reusing its first message id.
 
 It lives in a local SQLite file while a run works (stdlib ``sqlite3``: bounded memory whatever the number of
 records, exact keys, set-based joins per chunk) and is copied to and from ``state_path`` between runs.
@@ -7,28 +20,87 @@ records, exact keys, set-based joins per chunk) and is copied to and from ``stat
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-#: Outcome flags kept per record of the current run.
-OK, FAILED = 0, 1
-_NEW, _DUPLICATE = (None, False), (None, True)
+#: Tombstones are kept twice Segment's ~24 h de-duplication look-back
+#: (https://segment.com/docs/guides/duplicate-data/), so a record deleted and re-added within it keeps
+#: counting versions.
+TOMBSTONE_RETENTION_S = 48 * 3600
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {db}.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER, cursor, version INTEGER)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.uncertain (pk TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER, deleted_at INTEGER)
+    WITHOUT ROWID;
+"""
+
+#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.classify`.
+Lookup = tuple[int | None, bool, int, bool]
+_NEW: Lookup = (None, False, 1, False)
+
+
+def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tuple[str, int]]) -> Path | None:
+    """
+    Make a local copy of the last committed snapshot ready to compare against, and fold in the records
+    that tries which did not commit may have sent.
+
+    Snapshots written before versions and side tables existed are upgraded in place (the copy is local).
+
+    :param path: local copy of the committed snapshot, or ``None`` when there is none.
+    :param workdir: folder for a new file when ``path`` is ``None`` but there is something to fold in.
+    :param unconfirmed: ``(pk, version sent)`` of every record an uncommitted try was about to send. A record
+        the snapshot knows becomes uncertain; one it does not know is added as an unconfirmed add (``NULL``
+        checksum), so it is added again if it is still in the model and deleted if it is gone.
+    :return: the file to compare against, or ``None`` when there is nothing to compare against.
+    """
+    pending = iter(unconfirmed)
+    first = next(pending, None)
+    if path is None and first is None:
+        return None
+    if path is None:
+        path = workdir / "previous.sqlite"
+        path.unlink(missing_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot'").fetchone():
+            columns = {row[1] for row in db.execute("PRAGMA table_info(snapshot)")}
+            if "version" not in columns:
+                db.execute("ALTER TABLE snapshot ADD COLUMN version INTEGER")
+        for statement in filter(str.strip, _TABLES.format(db="main").split(";")):
+            db.execute(statement)
+        if first is not None:
+            entries = [first, *pending]
+            db.executemany(
+                "INSERT OR IGNORE INTO snapshot (pk, checksum, cursor, version) VALUES (?, NULL, NULL, ?)",
+                entries,
+            )
+            db.executemany("INSERT OR IGNORE INTO uncertain (pk) VALUES (?)", ((pk,) for pk, _ in entries))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return path
 
 
 class SnapshotStore:
     """
     The previous run's snapshot (read-only) and the one this run is building.
 
-    Tables: ``prev.snapshot(pk, checksum, cursor)`` from the last committed run (absent on a first run or a
-    full refresh) and ``main.current(pk, checksum, prev_checksum, cursor, failed)`` for this run.
-    ``cursor`` holds the incremental cursor's sort key, ``NULL`` in other modes.
+    Tables: ``prev.*`` from the last committed run (see the module docstring; empty on a first run or a full
+    refresh) and ``main.current(pk, checksum, prev_checksum, prev_version, version, cursor, failed, chunk)``
+    for this run. ``cursor`` holds the incremental cursor's sort key, ``NULL`` in other modes.
 
     :param workdir: local folder for the SQLite files.
-    :param previous: the last committed snapshot file, or ``None``.
+    :param previous: the previous snapshot file, prepared by :func:`prepare_previous`, or ``None``.
+    :param now: clock for tombstone times, in seconds since the epoch.
     """
 
-    def __init__(self, workdir: Path, previous: Path | None) -> None:
+    def __init__(self, workdir: Path, previous: Path | None, now: float | None = None) -> None:
         self.workdir = workdir
+        self.now = int(time.time() if now is None else now)
         self.path = workdir / "current.sqlite"
         self.path.unlink(missing_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -39,8 +111,8 @@ class SnapshotStore:
             PRAGMA temp_store = FILE;
             PRAGMA cache_size = -16384;
             CREATE TABLE current (
-                pk TEXT PRIMARY KEY, checksum INTEGER, prev_checksum INTEGER, cursor, failed INTEGER DEFAULT 0,
-                chunk INTEGER
+                pk TEXT PRIMARY KEY, checksum INTEGER, prev_checksum INTEGER, prev_version INTEGER,
+                version INTEGER, cursor, failed INTEGER DEFAULT 0, chunk INTEGER
             ) WITHOUT ROWID;
             CREATE TEMP TABLE chunk (pos INTEGER PRIMARY KEY, pk TEXT, checksum INTEGER, cursor);
             CREATE TEMP TABLE failed_deletes (pk TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -53,22 +125,46 @@ class SnapshotStore:
             self.db.execute("ATTACH DATABASE ? AS prev", (f"file:{previous}?mode=ro",))
         else:
             self.db.execute("ATTACH DATABASE ':memory:' AS prev")
-            self.db.execute(
-                "CREATE TABLE prev.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER, cursor) WITHOUT ROWID"
-            )
+            self.db.executescript(_TABLES.format(db="prev"))
+        # Uncertain records and tombstones are few: join them only when there are any (docs/benchmarks.md).
+        joins, uncertain = "", "0"
+        if self.db.execute("SELECT 1 FROM prev.uncertain LIMIT 1").fetchone():
+            joins += " LEFT JOIN prev.uncertain u ON u.pk = k.pk"
+            uncertain = "u.pk IS NOT NULL"
+        tombstone_version = "0"
+        if self.db.execute("SELECT 1 FROM prev.tombstone LIMIT 1").fetchone():
+            joins += " LEFT JOIN prev.tombstone t ON t.pk = k.pk"
+            tombstone_version = "coalesce(t.version, 0)"
+        # The version of the change this run sends: the next one after what Segment holds, except for an
+        # unconfirmed add, which is sent again under the version it was first sent with.
+        version = f"""CASE WHEN p.pk IS NULL THEN {tombstone_version} + 1
+            WHEN p.checksum IS NULL THEN max(coalesce(p.version, 1), 1)
+            WHEN p.checksum = k.checksum AND NOT ({uncertain}) THEN coalesce(p.version, 0)
+            ELSE coalesce(p.version, 0) + 1 END"""
+        self._insert_sql = f"""
+            INSERT OR IGNORE INTO current (pk, checksum, prev_checksum, prev_version, version, cursor, chunk)
+            SELECT k.pk, k.checksum, p.checksum, p.version, {version}, k.cursor, ?
+            FROM chunk k LEFT JOIN prev.snapshot p ON p.pk = k.pk{joins} ORDER BY k.pos
+            """
+        self._lookup_sql = f"""
+            SELECT p.checksum, p.pk IS NOT NULL, {version}, {uncertain}
+            FROM chunk k LEFT JOIN prev.snapshot p ON p.pk = k.pk{joins} ORDER BY k.pos
+            """
         self.db.execute("BEGIN")
 
     def previous_count(self) -> int:
         """Records in the previous snapshot."""
         return self.db.execute("SELECT count(*) FROM prev.snapshot").fetchone()[0]
 
-    def classify(self, chunk: Sequence[tuple[str, int, object]]) -> list[tuple[int | None, bool]]:
+    def classify(self, chunk: Sequence[tuple[str, int, object]]) -> list[Lookup | None]:
         """
         Look up a chunk of records and add them to the current snapshot.
 
         :param chunk: ``(pk, checksum, cursor sort key or None)`` per record, unique within the chunk.
-        :return: per record, ``(previous checksum or None, duplicate of a record earlier in this run)``.
-            Duplicates are not added.
+        :return: per record, ``None`` for a duplicate of a record earlier in this run (not added), else
+            ``(previous checksum, known, version, uncertain)``: the checksum Segment holds (``None`` when
+            unknown or unconfirmed), whether the previous snapshot has the record, the version a change sent
+            now carries (the held version when nothing changed), and whether Segment may hold another value.
         """
         db = self.db
         self._chunks += 1
@@ -82,33 +178,27 @@ class SnapshotStore:
         # costs one lookup per record in each snapshot instead of three (docs/benchmarks.md).
         if self._first_run:
             added = db.execute(
-                "INSERT OR IGNORE INTO current (pk, checksum, cursor, chunk) "
-                "SELECT pk, checksum, cursor, ? FROM chunk ORDER BY pos",
+                "INSERT OR IGNORE INTO current (pk, checksum, version, cursor, chunk) "
+                "SELECT pk, checksum, 1, cursor, ? FROM chunk ORDER BY pos",
                 (number,),
             ).rowcount
             if added == len(chunk):
                 return [_NEW] * added
         else:
-            added = db.execute(
-                """
-                INSERT OR IGNORE INTO current (pk, checksum, prev_checksum, cursor, chunk)
-                SELECT k.pk, k.checksum, p.checksum, k.cursor, ? FROM chunk k
-                LEFT JOIN prev.snapshot p ON p.pk = k.pk ORDER BY k.pos
-                """,
-                (number,),
-            ).rowcount
+            added = db.execute(self._insert_sql, (number,)).rowcount
             if added == len(chunk):
-                return [
-                    (previous, False)
-                    for (previous,) in db.execute(
-                        "SELECT p.checksum FROM chunk k LEFT JOIN prev.snapshot p ON p.pk = k.pk ORDER BY k.pos"
-                    )
-                ]
-        return [
-            (previous, chunk_number != number)
-            for chunk_number, previous in db.execute(
-                "SELECT c.chunk, c.prev_checksum FROM chunk k JOIN current c ON c.pk = k.pk ORDER BY k.pos"
+                return [(p, bool(known), v, bool(u)) for p, known, v, u in db.execute(self._lookup_sql)]
+        firsts = [
+            chunk_number == number
+            for (chunk_number,) in db.execute(
+                "SELECT c.chunk FROM chunk k JOIN current c ON c.pk = k.pk ORDER BY k.pos"
             )
+        ]
+        if self._first_run:
+            return [_NEW if first else None for first in firsts]
+        return [
+            (p, bool(known), v, bool(u)) if first else None
+            for first, (p, known, v, u) in zip(firsts, db.execute(self._lookup_sql), strict=True)
         ]
 
     def mark_failed(self, pks: Iterable[str]) -> None:
@@ -119,10 +209,14 @@ class SnapshotStore:
         """Record that a deleted record's message was not delivered; it counts as deleted again next run."""
         self.db.executemany("INSERT OR IGNORE INTO failed_deletes (pk) VALUES (?)", ((pk,) for pk in pks))
 
-    def deleted(self, batch_size: int = 5000) -> Iterator[list[tuple[str, int]]]:
-        """Yield ``(pk, previous checksum)`` of records in the previous snapshot but not in this run."""
+    def deleted(self, batch_size: int = 5000) -> Iterator[list[tuple[str, int | None, int]]]:
+        """
+        Yield ``(pk, previous checksum, version of the delete)`` of records in the previous snapshot but not
+        in this run; the checksum is ``None`` for an add that was never confirmed.
+        """
         cursor = self.db.execute(
-            "SELECT p.pk, p.checksum FROM prev.snapshot p WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)"
+            "SELECT p.pk, p.checksum, coalesce(p.version, 0) + 1 FROM prev.snapshot p "
+            "WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)"
         )
         while rows := cursor.fetchmany(batch_size):
             yield rows
@@ -139,19 +233,31 @@ class SnapshotStore:
         """
         Write the snapshot the next diff run compares against; return its record count.
 
-        Delivered, rejected and unchanged records keep this run's checksum; a record with an undelivered
-        message keeps its previous checksum, so it is sent again. An added record whose message failed is
-        kept with a NULL checksum ("unconfirmed": Segment may have accepted it before a timeout): next run
-        it counts as added again if it is still in the model, and as deleted if it is gone. A deleted
-        record whose message failed is kept, so it is deleted again.
+        Delivered, rejected and unchanged records keep this run's checksum and version. A record with an
+        undelivered message keeps what Segment held before and becomes uncertain (the message may have been
+        accepted before a timeout), so it is sent again even if its value goes back; an added record whose
+        message failed is kept with a ``NULL`` checksum, so it is added again if still in the model and
+        deleted if gone. A deleted record whose message failed is kept, uncertain, so it is deleted again.
+        Records deleted now become tombstones; tombstones older than :data:`TOMBSTONE_RETENTION_S` go.
         """
         return self._write(
             destination,
             """
-            INSERT INTO out.snapshot (pk, checksum, cursor)
-            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL FROM current;
-            INSERT INTO out.snapshot (pk, checksum, cursor)
-            SELECT p.pk, p.checksum, NULL FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
+            INSERT INTO out.snapshot (pk, checksum, cursor, version)
+            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL,
+                CASE WHEN failed AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
+            FROM current;
+            INSERT INTO out.uncertain (pk) SELECT pk FROM current WHERE failed AND prev_checksum IS NOT NULL;
+            INSERT INTO out.snapshot (pk, checksum, cursor, version)
+            SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
+            INSERT INTO out.uncertain (pk) SELECT pk FROM failed_deletes;
+            INSERT INTO out.tombstone (pk, version, deleted_at)
+            SELECT p.pk, coalesce(p.version, 0) + 1, :now FROM prev.snapshot p
+            WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)
+                AND NOT EXISTS (SELECT 1 FROM failed_deletes f WHERE f.pk = p.pk);
+            INSERT OR IGNORE INTO out.tombstone (pk, version, deleted_at)
+            SELECT t.pk, t.version, t.deleted_at FROM prev.tombstone t
+            WHERE t.deleted_at > :now - :retention AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = t.pk);
             """,
         )
 
@@ -177,12 +283,12 @@ class SnapshotStore:
         self.db.execute("COMMIT")
         self.db.execute("ATTACH DATABASE ? AS out", (str(destination),))
         try:
-            self.db.execute(
-                "CREATE TABLE out.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER, cursor) WITHOUT ROWID"
-            )
+            self.db.executescript(_TABLES.format(db="out"))
             self.db.execute("BEGIN")
+            parameters = {"now": self.now, "retention": TOMBSTONE_RETENTION_S}
             for statement in filter(str.strip, sql.split(";")):
-                self.db.execute(statement)
+                named = {k: v for k, v in parameters.items() if f":{k}" in statement}
+                self.db.execute(statement, named)
             count = self.db.execute("SELECT count(*) FROM out.snapshot").fetchone()[0]
             self.db.execute("COMMIT")
         finally:

@@ -2,7 +2,9 @@
 
 Small state (generation, snapshot reference, watermark, fingerprint, counts) is pushed to the task's XCom
 under :data:`STATE_XCOM_KEY` and written, with the bulk snapshot, under ``state_path`` through Airflow's
-``ObjectStoragePath``: ``{state_path}/{dag_id}/{task_id}/{map_index}/HEAD.json`` and ``snapshots/``.
+``ObjectStoragePath``: ``{state_path}/{dag_id}/{task_id}/{map_index}/HEAD.json`` and ``snapshots/``; next to
+them, ``journal/`` holds what tries that have not committed were about to send (:mod:`.journal`) and
+``reports/`` the NDJSON reports.
 
 ``HEAD.json`` is the source of truth for "the last committed state", because no XCom lookup finds it for
 every kind of run: a pull with ``include_prior_dates`` orders by logical date, misses manual runs triggered
@@ -109,6 +111,7 @@ class StateLocation:
         self.head = self.root / "HEAD.json"
         self.snapshots = self.root / "snapshots"
         self.reports = self.root / "reports"
+        self.journal = self.root / "journal"
 
     def read_head(self) -> SyncState | None:
         """

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -514,7 +514,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         journal: SendJournal | None,
         journaled: list[tuple[str, int]],
         pending: list[tuple[str, bytes, tuple[str, str, str, Any]]],
-        settle: Any,
+        settle: Callable[[list[Completion]], None],
     ) -> None:
         """Write the chunk's records ahead to the journal, then hand its messages to the dispatcher."""
         if journal is not None:

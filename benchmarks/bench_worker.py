@@ -12,8 +12,8 @@ The spec's ``kind`` picks the contender; the result is one JSON line on stdout (
 - ``floor``: the same query fetched and each row serialised to the same message JSON with msgspec, no
   HTTP, no change detection, no validation.
 - ``fetch``: the same query fetched, nothing else.
-- ``ceiling``: the rows' messages encoded beforehand, then only sent, with the provider's hook from 4
-  threads: what the HTTP path and the emulator can take at most.
+- ``ceiling``: the rows' messages encoded beforehand, then only sent, with the provider's hook from as
+  many threads as the operator's default requests in flight: what the HTTP path and the emulator can take.
 
 The SDK, floor and fetch open the warehouse with its driver directly (``sqlite3``, ``psycopg`` 3, as a
 user's script would); the provider reads through Airflow's hooks, which use the same drivers.
@@ -265,13 +265,14 @@ def floor_message(row: tuple) -> dict[str, Any]:
 def run_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
     """
     The HTTP ceiling: the rows' messages encoded beforehand (not timed), then sent as fast as the
-    provider's hook can, batches of 500 from 4 threads like the operator's defaults. Measures the
-    client's HTTP path and what the emulator can take, with no per-record work at all.
+    provider's hook can, batches of 500 from as many threads as the operator's default requests in
+    flight. Measures the client's HTTP path and what the emulator can take, with no per-record work.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import msgspec
 
+    from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT
     from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 
     encode = msgspec.json.Encoder(decimal_format="number").encode
@@ -281,13 +282,13 @@ def run_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
     cursor.close()
     conn.close()
     batches = [messages[i : i + 500] for i in range(0, len(messages), 500)]
-    hook = SegmentProfilesHook(pool_size=4)
+    hook = SegmentProfilesHook(pool_size=DEFAULT_MAX_IN_FLIGHT)
     hook.session  # noqa: B018 - connect before the clock starts
     baseline = current_rss()
     reset_peak_rss()
     cpu_started = cpu_seconds()
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=DEFAULT_MAX_IN_FLIGHT) as pool:
         delivered = sum(len(r.delivered) for r in pool.map(hook.send_encoded, batches))
     elapsed = time.perf_counter() - started
     return {

@@ -31,6 +31,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_data  # noqa: E402 - the helper next to this script
 
+from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT  # noqa: E402
+
 BENCH_DIR = REPO / ".bench"
 WRITE_KEY = "bench-write-key"
 SQLITE_FILE = BENCH_DIR / "warehouse.sqlite"
@@ -322,7 +324,8 @@ def section_throughput(bench: Bench, out: Report) -> None:
     )
     out.note(
         "provider: SegmentProfilesSyncOperator.execute(), sync_mode=full, max_events_per_second=None, "
-        "defaults otherwise (batch_size 500, 4 requests in flight). SDK: segment-analytics-python, a loop of "
+        f"defaults otherwise (batch_size 500, {DEFAULT_MAX_IN_FLIGHT} requests in flight). "
+        "SDK: segment-analytics-python, a loop of "
         "analytics.identify then flush(), defaults except max_queue_size (raised so nothing is dropped); "
         "a figure in brackets is the row count the SDK was measured on (--sdk-max-rows; its rate does not "
         "depend on the count). floor: the same query fetched and each row serialised to the same message "
@@ -512,8 +515,8 @@ def section_latency(bench: Bench, out: Report) -> None:
         bench.emulator.command("latency 0")
     fraction = slow["msgs_per_s"] / zero["msgs_per_s"]
     table = [
-        ["0 ms", "4 (default)", f"{zero['msgs_per_s']:,.0f}", "100%"],
-        [f"{args.latency * 1000:.0f} ms", "4 (default)", f"{slow['msgs_per_s']:,.0f}", f"{fraction:.0%}"],
+        ["0 ms", f"{DEFAULT_MAX_IN_FLIGHT} (default)", f"{zero['msgs_per_s']:,.0f}", "100%"],
+        [f"{args.latency * 1000:.0f} ms", f"{DEFAULT_MAX_IN_FLIGHT} (default)", f"{slow['msgs_per_s']:,.0f}", f"{fraction:.0%}"],
     ]
     for in_flight, result in extra:
         table.append(

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.delivery.limits import MAX_BATCH_ITEM_BYTES, MAX_BATCH_MESSAGES
+from airflow_provider_segment_profiles.delivery.limits import (
+    DEFAULT_MAX_IN_FLIGHT,
+    MAX_BATCH_ITEM_BYTES,
+    MAX_BATCH_MESSAGES,
+)
 from airflow_provider_segment_profiles.delivery.outcome import DeliveryResult
 
 if TYPE_CHECKING:
@@ -63,7 +67,7 @@ class Dispatcher:
         hooks: dict[str, SegmentProfilesHook],
         *,
         batch_size: int = 500,
-        max_in_flight: int = 4,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         rate_limiter: TokenBucket | None = None,
         dry_run_sink: IO[bytes] | None = None,
     ) -> None:

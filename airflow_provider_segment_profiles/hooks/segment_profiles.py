@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from airflow_provider_segment_profiles import __version__
 from airflow_provider_segment_profiles.delivery.limits import (
+    DEFAULT_MAX_IN_FLIGHT,
     MAX_BATCH_ITEM_BYTES,
     MAX_BATCH_MESSAGES,
     MAX_MESSAGE_BYTES,
@@ -74,7 +75,7 @@ class SegmentProfilesHook(BaseHook):
         timeout: tuple[float, float] = (10.0, 30.0),
         retry_policy: RetryPolicy | dict[str, float] | None = None,
         gzip: bool | None = None,
-        pool_size: int = 8,
+        pool_size: int = DEFAULT_MAX_IN_FLIGHT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] | None = None,

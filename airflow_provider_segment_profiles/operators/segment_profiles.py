@@ -23,6 +23,7 @@ from airflow_provider_segment_profiles.actions import (
     compile_mappings,
 )
 from airflow_provider_segment_profiles.delivery.dispatcher import DELIVERED, FAILED, Completion, Dispatcher
+from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT
 from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
 from airflow_provider_segment_profiles.delivery.retry import RetryPolicy
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
@@ -91,7 +92,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
     :param dry_run_path: where a dry run writes its NDJSON payloads (default: under ``state_path``).
     :param batch_size: most messages per ``/v1/batch`` request (1 to 2,500).
     :param fetch_size: rows per ``fetchmany``.
-    :param max_requests_in_flight: HTTP requests sent concurrently.
+    :param max_requests_in_flight: HTTP requests sent concurrently (default 16: enough to hide round
+        trips of 100 ms; memory is bounded by this many batches of at most 475,000 bytes).
     :param max_events_per_second: token-bucket limit over all requests, retries included, in events per
         second; ``None`` disables it. Default 800, under Segment's 1,000 events/s Engage inbound limit.
     :param max_rejected_fraction: fail the task (no retry) when more than this fraction of selected messages
@@ -139,7 +141,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         dry_run_path: str | None = None,
         batch_size: int = 500,
         fetch_size: int = 5000,
-        max_requests_in_flight: int = 4,
+        max_requests_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND,
         max_rejected_fraction: float = 0.1,
         max_failed_fraction: float = 0.0,

@@ -519,11 +519,14 @@ class SegmentProfilesSyncOperator(BaseOperator):
         settle: Callable[[list[Completion]], None],
     ) -> None:
         """Write the chunk's records ahead to the journal, then hand its messages to the dispatcher."""
+        self._raise_if_killed()
         if journal is not None:
-            self._raise_if_killed()
             journal.record(journaled)
+        add = dispatcher.add
         for space, encoded, ref in pending:
-            settle(dispatcher.add(space, encoded, ref))
+            completions = add(space, encoded, ref)
+            if completions:  # usually empty: most messages only join a batch
+                settle(completions)
 
     def _change(self, lookup: Lookup, checksum: int) -> tuple[str, int]:
         """``(added | updated | unchanged, version of the change)`` of one record (see SnapshotStore)."""

@@ -37,9 +37,10 @@ CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER,
     WITHOUT ROWID;
 """
 
-#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.classify`.
-Lookup = tuple[int | None, bool, int, bool]
-_NEW: Lookup = (None, False, 1, False)
+#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.classify`;
+#: the flags are SQLite's 0 and 1 (rows come back from SQLite as they are).
+Lookup = tuple[int | None, int, int, int]
+_NEW: Lookup = (None, 0, 1, 0)
 
 
 def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tuple[str, int]]) -> Path | None:
@@ -163,8 +164,9 @@ class SnapshotStore:
         :param chunk: ``(pk, checksum, cursor sort key or None)`` per record, unique within the chunk.
         :return: per record, ``None`` for a duplicate of a record earlier in this run (not added), else
             ``(previous checksum, known, version, uncertain)``: the checksum Segment holds (``None`` when
-            unknown or unconfirmed), whether the previous snapshot has the record, the version a change sent
-            now carries (the held version when nothing changed), and whether Segment may hold another value.
+            unknown or unconfirmed), whether the previous snapshot has the record (0 or 1), the version a
+            change sent now carries (the held version when nothing changed), and whether Segment may hold
+            another value (0 or 1).
         """
         db = self.db
         self._chunks += 1
@@ -187,7 +189,7 @@ class SnapshotStore:
         else:
             added = db.execute(self._insert_sql, (number,)).rowcount
             if added == len(chunk):
-                return [(p, bool(known), v, bool(u)) for p, known, v, u in db.execute(self._lookup_sql)]
+                return db.execute(self._lookup_sql).fetchall()
         firsts = [
             chunk_number == number
             for (chunk_number,) in db.execute(
@@ -197,8 +199,8 @@ class SnapshotStore:
         if self._first_run:
             return [_NEW if first else None for first in firsts]
         return [
-            (p, bool(known), v, bool(u)) if first else None
-            for first, (p, known, v, u) in zip(firsts, db.execute(self._lookup_sql), strict=True)
+            lookup if first else None
+            for first, lookup in zip(firsts, db.execute(self._lookup_sql), strict=True)
         ]
 
     def mark_failed(self, pks: Iterable[str]) -> None:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -391,6 +391,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
         max_cursor = old_watermark
         max_cursor_key = sort_key(old_watermark) if old_watermark is not None else None
         selectors = [(m, binders[m.name], spaces[m.name], self._selector(m)) for m in compiled]
+        # Change kinds some mapping sends; records of other kinds need no message and no journal entry.
+        sent_changes = {c for c in ("added", "updated") if any(sel(c) for *_, sel in selectors)}
+        add = dispatcher.add
         deleted_mappings = [(m, binders[m.name], spaces[m.name]) for m in compiled if m.trigger == "deleted"]
 
         def settle(completions: list[Completion]) -> None:
@@ -439,8 +442,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     checksum = checksummer(row)
                     batch.append((pk, checksum, cursor_key))
                     accepted.append((row, pk, checksum, cursor_value))
-                pending: list[tuple[str, bytes, tuple[str, str, str, Any]]] = []
-                journaled: list[tuple[str, int]] = []
+                changed: list[tuple[Sequence[Any], str, int, Any, str, int]] = []
                 for (row, pk, checksum, cursor_value), lookup in zip(
                     accepted, store.classify(batch), strict=True
                 ):
@@ -453,10 +455,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
                         key = sort_key(cursor_value)
                         if max_cursor_key is None or key > max_cursor_key:
                             max_cursor, max_cursor_key = cursor_value, key
-                    if change == "unchanged":
-                        continue
+                    if change in sent_changes:
+                        changed.append((row, pk, checksum, cursor_value, change, version))
+                self._write_ahead(journal, [(pk, version) for _, pk, _, _, _, version in changed])
+                for row, pk, checksum, cursor_value, change, version in changed:
                     id_checksum = self._id_checksum(checksum_hex(checksum), version)
-                    pending_before = len(pending)
                     for mapping, binder, space, selects in selectors:
                         if not selects(change):
                             continue
@@ -469,20 +472,19 @@ class SegmentProfilesSyncOperator(BaseOperator):
                             )
                             continue
                         accounting.warnings += len(built.warnings)
-                        pending.append((space, built.encoded, (pk, mapping.name, change, cursor_value)))
-                    if len(pending) > pending_before:
-                        journaled.append((pk, version))
-                self._send(dispatcher, journal, journaled, pending, settle)
+                        completions = add(space, built.encoded, (pk, mapping.name, change, cursor_value))
+                        if completions:  # usually empty: most messages only join a batch
+                            settle(completions)
                 settle(dispatcher.poll())
                 progress.maybe_log("reading", accounting.rows_read)
 
             if self.sync_mode == "diff":
                 for deleted in store.deleted():
                     accounting.records["deleted"] += len(deleted)
-                    pending, journaled = [], []
+                    if deleted_mappings:
+                        self._write_ahead(journal, [(pk, version) for pk, _, version in deleted])
                     for pk, previous_checksum, version in deleted:
                         id_checksum = _deleted_checksum(previous_checksum, version)
-                        pending_before = len(pending)
                         for mapping, binder, space in deleted_mappings:
                             accounting.mappings[mapping.name].selected += 1
                             try:
@@ -492,10 +494,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                                     mapping.name, "rejected", pk, rejection.reason, rejection.field
                                 )
                                 continue
-                            pending.append((space, built.encoded, (pk, mapping.name, "deleted", None)))
-                        if len(pending) > pending_before:
-                            journaled.append((pk, version))
-                    self._send(dispatcher, journal, journaled, pending, settle)
+                            completions = add(space, built.encoded, (pk, mapping.name, "deleted", None))
+                            if completions:
+                                settle(completions)
                     progress.maybe_log("deletes", accounting.rows_read)
             progress.maybe_log("sending", accounting.rows_read, force=True)
             self._raise_if_killed()
@@ -510,23 +511,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
             return min(failed_cursor_values, key=sort_key)
         return max_cursor
 
-    def _send(
-        self,
-        dispatcher: Dispatcher,
-        journal: SendJournal | None,
-        journaled: list[tuple[str, int]],
-        pending: list[tuple[str, bytes, tuple[str, str, str, Any]]],
-        settle: Callable[[list[Completion]], None],
-    ) -> None:
-        """Write the chunk's records ahead to the journal, then hand its messages to the dispatcher."""
+    def _write_ahead(self, journal: SendJournal | None, records: list[tuple[str, int]]) -> None:
+        """Before a chunk's messages are sent, write ``(pk, version)`` of its records to the journal."""
         self._raise_if_killed()
         if journal is not None:
-            journal.record(journaled)
-        add = dispatcher.add
-        for space, encoded, ref in pending:
-            completions = add(space, encoded, ref)
-            if completions:  # usually empty: most messages only join a batch
-                settle(completions)
+            journal.record(records)
 
     def _change(self, lookup: Lookup, checksum: int) -> tuple[str, int]:
         """``(added | updated | unchanged, version of the change)`` of one record (see SnapshotStore)."""

@@ -330,7 +330,8 @@ def section_throughput(bench: Bench, out: Report) -> None:
         "a figure in brackets is the row count the SDK was measured on (--sdk-max-rows; its rate does not "
         "depend on the count). floor: the same query fetched and each row serialised to the same message "
         "JSON with msgspec, no HTTP. HTTP ceiling: the same messages encoded beforehand, then only sent "
-        "with the provider's hook (batches of 500, 4 threads): the most the HTTP path and the emulator "
+        f"with the provider's hook (batches of 500, {DEFAULT_MAX_IN_FLIGHT} threads): the most the HTTP path "
+        "and the emulator "
         "take, measured on the SDK's row count."
     )
 

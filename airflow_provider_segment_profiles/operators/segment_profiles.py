@@ -275,17 +275,17 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 previous = None
                 if head is not None and not self.full_refresh and self.sync_mode != "full":
                     previous = location.download_snapshot(head, workdir)
-                journal, journal_files, unconfirmed = None, [], []
+                journal, journal_files, uncommitted = None, [], []
                 if self.sync_mode == "diff":
                     journal = SendJournal(location.journal, head.generation if head else 0, run_tag)
-                    journal_files, unconfirmed = journal.uncommitted()
-                    if unconfirmed:
+                    journal_files, uncommitted = journal.uncommitted()
+                    if uncommitted:
                         self.log.warning(
-                            "A try that did not commit may have sent %d records; their current values (or "
-                            "deletes) are sent again",
-                            len(unconfirmed),
+                            "Tries that did not commit left %d journal files of records they may have sent; "
+                            "those records' current values (or deletes) are sent again",
+                            len(uncommitted),
                         )
-                previous = prepare_previous(previous, workdir, unconfirmed)
+                previous = prepare_previous(previous, workdir, SendJournal.records(uncommitted))
                 store = SnapshotStore(workdir, previous)
                 stack.callback(store.close)
                 accounting = SyncAccounting([m.name for m in compiled], report=report_file)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 JOURNAL_FORMAT = 1
@@ -43,30 +43,32 @@ class SendJournal:
         self.sequence = 0
         self.written: list[Any] = []
 
-    def uncommitted(self) -> tuple[list[Any], list[tuple[str, int]]]:
+    def uncommitted(self) -> tuple[list[Any], list[Any]]:
         """
-        Read what tries that started from the same committed state, and never committed, were about to send.
+        Find the journals of tries that started from the same committed state and never committed.
 
-        A file that cannot be parsed was cut short by the death of its writer: the chunk it describes was
-        never handed to the dispatcher, so it is skipped.
-
-        :return: ``(every journal file present, (pk, version) of the records of the uncommitted ones)``; the
-            files of other generations are stale (a later commit accounted for them) and are only listed,
-            for :meth:`discard`.
+        :return: ``(every journal file present, the uncommitted ones)``. Files of other generations are
+            stale (a later commit accounted for them); they are listed only for :meth:`discard`.
         """
         if not self.folder.exists():
             return [], []
         files = sorted(self.folder.iterdir(), key=lambda p: p.name)
-        records: list[tuple[str, int]] = []
+        return files, [path for path in files if path.name.startswith(self.base)]
+
+    @staticmethod
+    def records(files: Sequence[Any]) -> Iterator[tuple[str, int]]:
+        """
+        ``(pk, version)`` of every record in ``files``, one file in memory at a time.
+
+        A file that cannot be parsed was cut short by the death of its writer: the chunk it describes was
+        never handed to the dispatcher, so it is skipped.
+        """
         for path in files:
-            if not path.name.startswith(self.base):
-                continue
             try:
-                data = json.loads(path.read_text())
-                records.extend((str(pk), int(version)) for pk, version in data["records"])
+                entries = [(str(pk), int(version)) for pk, version in json.loads(path.read_text())["records"]]
             except (ValueError, KeyError, TypeError):
                 continue
-        return files, records
+            yield from entries
 
     def record(self, entries: Sequence[tuple[str, int]]) -> None:
         """

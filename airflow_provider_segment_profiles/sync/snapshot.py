@@ -19,6 +19,7 @@ records, exact keys, set-based joins per chunk) and is copied to and from ``stat
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,12 +75,14 @@ def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tup
         for statement in filter(str.strip, _TABLES.format(db="main").split(";")):
             db.execute(statement)
         if first is not None:
-            entries = [first, *pending]
-            db.executemany(
-                "INSERT OR IGNORE INTO snapshot (pk, checksum, cursor, version) VALUES (?, NULL, NULL, ?)",
-                entries,
+            # Streamed through a temporary table: a killed try may have journaled millions of records.
+            db.execute("CREATE TEMP TABLE journaled (pk TEXT, version INTEGER)")
+            db.executemany("INSERT INTO journaled VALUES (?, ?)", itertools.chain([first], pending))
+            db.execute(
+                "INSERT OR IGNORE INTO snapshot (pk, checksum, cursor, version) "
+                "SELECT pk, NULL, NULL, min(version) FROM journaled GROUP BY pk"
             )
-            db.executemany("INSERT OR IGNORE INTO uncertain (pk) VALUES (?)", ((pk,) for pk, _ in entries))
+            db.execute("INSERT OR IGNORE INTO uncertain (pk) SELECT DISTINCT pk FROM journaled")
         db.execute("COMMIT")
     finally:
         db.close()

@@ -315,7 +315,7 @@ def message_id_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
     - one change sent twice under two ids: the same body for the same record, call type and event, with no
       other body for it in between (Segment would apply it twice). A record that returns to an earlier
       value is a new change, so the same body after a different one may carry a new id; so is a record
-      that comes back after its delete (``Customer Deleted``) was sent.
+      that comes back after its delete (``Customer Deleted``) was sent, and its next delete.
     """
     bodies: dict[str, set[str]] = defaultdict(set)
     last: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -337,6 +337,8 @@ def message_id_problems(messages: Sequence[dict[str, Any]]) -> list[str]:
         if message.get("event") == DELETE_EVENT:  # the record is gone: its next add is a new change
             for other in [s for s in last if s[0] == stream[0] and s[1] == stream[1] and s != stream]:
                 del last[other]
+        else:  # the record exists again: its next delete is a new change
+            last.pop((stream[0], stream[1], "track", DELETE_EVENT), None)
     problems = [
         f"messageId {mid} carried {len(b)} different bodies" for mid, b in bodies.items() if len(b) > 1
     ]

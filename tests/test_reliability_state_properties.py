@@ -400,6 +400,10 @@ def test_value_flip_flop_within_the_dedup_window():
         wh.execute("UPDATE customers SET plan = 'free' WHERE id = 1")  # the trial ends: back to free
         runner.run()
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+        for plan in ("pro", "free", "pro"):  # and again, within the same 24 h: every change has its own id
+            wh.execute("UPDATE customers SET plan = %s WHERE id = 1", [(plan,)])
+            runner.run()
+            assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
 def test_delete_after_a_crashed_try_delivered_the_add():
@@ -482,5 +486,11 @@ def test_record_that_leaves_and_returns_within_the_dedup_window():
         wh.execute("DELETE FROM customers WHERE id = 1")
         runner.run()
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")  # back, same values
+        runner.run()
+        assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+        wh.execute("DELETE FROM customers WHERE id = 1")  # and once more: gone, back
+        runner.run()
+        assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+        wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))

@@ -535,6 +535,34 @@ def test_trailing_comment_in_incremental_mode(rel_harness: DagHarness):
     assert [m["userId"] for m in run.sent] == ["3"]
 
 
+def test_cursor_values_of_mixed_types_are_rejected_per_record(rel_harness: DagHarness):
+    """A cursor column holding text and numbers (SQLite allows it) cannot be ordered: the odd rows are
+    rejected with the column named, the rest is delivered, and the run does not crash."""
+    h = rel_harness
+    wh = h.warehouse
+    wh.execute("CREATE TABLE events (id INTEGER, ts)")
+    wh.execute(
+        "INSERT INTO events VALUES (%s, %s)",
+        [(1, "2024-01-01T00:00:00Z"), (2, None), (3, "2024-01-02T00:00:00Z"), (4, 5)],
+    )
+    mapping = {
+        "name": "ev",
+        "action": "send_track",
+        "fields": {"user_id": {"column": "id"}, "event_name": "E"},
+    }
+    h.operator.update(
+        sql="SELECT id, ts FROM events", mappings=[mapping], sync_mode="incremental", cursor_column="ts"
+    )
+    FIGURES.input("bad value")
+    run = h.run()
+    assert run.state == "success"
+    assert sorted(m["userId"] for m in run.sent) == ["1", "3"]
+    assert run.summary["records"]["rejected"] == 2
+    reasons = {s["primary_key"]: s["reason"] for s in run.summary["rejected_samples"]}
+    assert reasons["2"] == "cursor column 'ts': NULL cursor value"
+    assert "cursor column 'ts': 5 is a number but the column's other values are text" in reasons["4"]
+
+
 CONFIG_ERRORS = {
     # case: (operator settings, segment connection changes, words the error must contain)
     "dml_delete": ({"sql": "DELETE FROM customers"}, {}, ["DELETE statement", "must be a query"]),

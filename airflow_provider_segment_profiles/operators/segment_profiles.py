@@ -390,6 +390,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         failed_cursor_values: list[Any] = []
         max_cursor = old_watermark
         max_cursor_key = sort_key(old_watermark) if old_watermark is not None else None
+        cursor_kind = _cursor_kind(max_cursor_key) if max_cursor_key is not None else None
         selectors = [(m, binders[m.name], spaces[m.name], self._selector(m)) for m in compiled]
         # Change kinds some mapping sends; records of other kinds need no message and no journal entry.
         sent_changes = {c for c in ("added", "updated") if any(sel(c) for *_, sel in selectors)}
@@ -437,6 +438,16 @@ class SegmentProfilesSyncOperator(BaseOperator):
                             cursor_key = sort_key(cursor_value)
                         except WatermarkError as err:
                             accounting.reject_record(pk, f"cursor column {self.cursor_column!r}: {err}")
+                            continue
+                        kind = _cursor_kind(cursor_key)
+                        if cursor_kind is None:
+                            cursor_kind = kind
+                        elif kind != cursor_kind:
+                            accounting.reject_record(
+                                pk,
+                                f"cursor column {self.cursor_column!r}: {cursor_value!r} is {kind} but the "
+                                f"column's other values are {cursor_kind}; they cannot be ordered together",
+                            )
                             continue
                     seen_in_chunk.add(pk)
                     checksum = checksummer(row)
@@ -756,6 +767,11 @@ def _deleted_checksum(previous_checksum: int | None, version: int) -> str:
     # NULL marks an added record whose delivery was not confirmed (see SnapshotStore.write_diff_snapshot).
     held = "unconfirmed" if previous_checksum is None else checksum_hex(previous_checksum)
     return f"{held}.{version}"
+
+
+def _cursor_kind(key: object) -> str:
+    # Numbers and texts (dates and times are compared as ISO-8601 text) have no order between them.
+    return "a number" if isinstance(key, int | float) else "text or a date"
 
 
 def _duplicate_reason(column: str, pk: str) -> str:

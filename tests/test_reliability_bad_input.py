@@ -155,12 +155,15 @@ def test_timestamps_as_text_and_numbers(rel_harness: DagHarness):
         if isinstance(want, Rejected):
             continue
         assert sent[case].get("timestamp") == want, case
-    rejected = {r["primary_key"]: r for r in read_ndjson(run.summary["report_path"])}
+    lines = read_ndjson(run.summary["report_path"])
+    rejected = {r["primary_key"]: r for r in lines if r["outcome"] == "rejected"}
     assert set(rejected) == {"not_a_time", "infinite"}
     for case in rejected:
         assert rejected[case]["field"] == "timestamp"
         assert all(word in rejected[case]["reason"] for word in expected[case].words)
     assert run.summary["warnings"] == 1  # pre-1970: Segment may not ingest it
+    (warned,) = [r for r in lines if r["outcome"] == "warning"]
+    assert warned["mapping"] == "values" and "1970" in warned["reason"]
     FIGURES.input("timestamp", len(cases))
 
 
@@ -459,8 +462,11 @@ def test_json_text_in_columns(rel_harness: DagHarness):
     assert run.summary["warnings"] == 1
     tracks = {m["userId"]: m["properties"]["doc"] for m in run.sent if m["type"] == "track"}
     assert tracks == cases  # without parse_json, JSON text is sent as the text it is
-    report = {r["primary_key"]: r for r in read_ndjson(run.summary["report_path"])}
+    lines = read_ndjson(run.summary["report_path"])
+    report = {r["primary_key"]: r for r in lines if r["outcome"] == "rejected"}
     assert set(report) == {"array", "broken"}
+    warned = [r for r in lines if r["outcome"] == "warning"]  # each warning is in the report, named
+    assert [(r["primary_key"], r["mapping"]) for r in warned] == [("escaped_nul_and_lone_surrogate", "parsed")]
     assert report["array"]["field"] == "traits" and report["array"]["mapping"] == "parsed"
     assert "does not hold valid JSON text" in report["broken"]["reason"]
 

@@ -422,13 +422,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 batch: list[tuple[str, int, Any]] = []
                 accepted: list[tuple[Sequence[Any], str, int, Any]] = []
                 seen_in_chunk: set[str] = set()
-                for row in rows:
+                for position, row in enumerate(rows):
                     pk = record_key(row[pk_index])
                     if pk is None:
-                        accounting.reject_record(None, f"the unique identifier {self.primary_key!r} is NULL")
+                        accounting.reject_record(
+                            None,
+                            f"the unique identifier {self.primary_key!r} is NULL "
+                            f"(row {accounting.rows_read - len(rows) + position + 1} of the result)",
+                            self.primary_key,
+                        )
                         continue
                     if pk in seen_in_chunk:
-                        accounting.reject_record(pk, _duplicate_reason(self.primary_key, pk))
+                        accounting.reject_record(
+                            pk, _duplicate_reason(self.primary_key, pk), self.primary_key
+                        )
                         continue
                     cursor_value = None
                     cursor_key = None
@@ -437,7 +444,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                         try:
                             cursor_key = sort_key(cursor_value)
                         except WatermarkError as err:
-                            accounting.reject_record(pk, f"cursor column {self.cursor_column!r}: {err}")
+                            accounting.reject_record(
+                                pk, f"cursor column {self.cursor_column!r}: {err}", self.cursor_column
+                            )
                             continue
                         kind = _cursor_kind(cursor_key)
                         if cursor_kind is None:
@@ -447,6 +456,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                                 pk,
                                 f"cursor column {self.cursor_column!r}: {cursor_value!r} is {kind} but the "
                                 f"column's other values are {cursor_kind}; they cannot be ordered together",
+                                self.cursor_column,
                             )
                             continue
                     seen_in_chunk.add(pk)
@@ -458,7 +468,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     accepted, store.classify(batch), strict=True
                 ):
                     if lookup is None:
-                        accounting.reject_record(pk, _duplicate_reason(self.primary_key, pk))
+                        accounting.reject_record(
+                            pk, _duplicate_reason(self.primary_key, pk), self.primary_key
+                        )
                         continue
                     change, version = self._change(lookup, checksum)
                     accounting.records[change] += 1
@@ -482,7 +494,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
                                 mapping.name, "rejected", pk, rejection.reason, rejection.field
                             )
                             continue
-                        accounting.warnings += len(built.warnings)
+                        if built.warnings:
+                            accounting.warn(mapping.name, pk, built.warnings)
                         completions = add(space, built.encoded, (pk, mapping.name, change, cursor_value))
                         if completions:  # usually empty: most messages only join a batch
                             settle(completions)
@@ -738,6 +751,10 @@ class SegmentProfilesSyncOperator(BaseOperator):
             ),
             f"  {'total':<30} {messages['delivered']:>10} {messages['rejected']:>10} {messages['failed']:>10}",
         ]
+        if summary.get("warnings"):
+            lines.append(
+                f"  {summary['warnings']} warnings: values changed to make messages sendable (each in the report)"
+            )
         self.log.info("%s", "\n".join(lines))
 
     def _close_connections(self) -> None:

@@ -35,7 +35,8 @@ class SyncAccounting:
     Messages: every message a mapping selects is exactly one of delivered, rejected or failed.
 
     :param mapping_names: names of the operator's mappings, in order.
-    :param report: binary file receiving one NDJSON line per rejected or failed record/message, or ``None``.
+    :param report: binary file receiving one NDJSON line per rejected or failed record/message and per
+        warning, or ``None``.
     """
 
     mapping_names: list[str]
@@ -51,10 +52,24 @@ class SyncAccounting:
     def __post_init__(self) -> None:
         self.mappings = {name: MappingTally() for name in self.mapping_names}
 
-    def reject_record(self, primary_key: str | None, reason: str) -> None:
-        """A row that cannot be synced at all (its unique identifier is NULL or repeated)."""
+    def reject_record(self, primary_key: str | None, reason: str, field_: str | None = None) -> None:
+        """A row that cannot be synced at all (its unique identifier is NULL or repeated, or its cursor bad)."""
         self.records["rejected"] += 1
-        self._report({"primary_key": primary_key, "mapping": None, "outcome": "rejected", "reason": reason})
+        entry = {"primary_key": primary_key, "mapping": None, "outcome": "rejected", "reason": reason}
+        if field_:
+            entry["field"] = field_
+        self._report(entry)
+
+    def warn(self, mapping: str, primary_key: str, warnings: list[str]) -> None:
+        """
+        What a mapping changed to make a record's message sendable (one report line per warning, outcome
+        ``warning``); the message itself is counted by :meth:`message` as usual.
+        """
+        self.warnings += len(warnings)
+        for text in warnings:
+            self._report(
+                {"primary_key": primary_key, "mapping": mapping, "outcome": "warning", "reason": text}
+            )
 
     def message(
         self, mapping: str, outcome: str, primary_key: str, reason: str = "", field_: str | None = None
@@ -70,8 +85,11 @@ class SyncAccounting:
 
     def _report(self, entry: dict[str, Any]) -> None:
         self.problems_reported += 1
-        target = self.samples if entry["outcome"] == "rejected" else self.failed_samples
-        if len(target) < MAX_SAMPLES:
+        outcome = entry["outcome"]
+        target = (
+            self.samples if outcome == "rejected" else self.failed_samples if outcome == "failed" else None
+        )
+        if target is not None and len(target) < MAX_SAMPLES:
             target.append({k: v for k, v in entry.items() if k != "outcome"})
         if self.report is not None:
             self.report.write(json.dumps(entry, ensure_ascii=False, default=str).encode() + b"\n")

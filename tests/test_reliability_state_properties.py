@@ -494,3 +494,25 @@ def test_record_that_leaves_and_returns_within_the_dedup_window():
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+
+
+def test_fixing_a_wrong_write_key_does_not_leave_records_behind():
+    """Segment answers 200 to an unknown write key and drops the data: the first run 'delivers' into the
+    void. Once the key is fixed, the run must not trust that state: it fails and says how to recover, and
+    the recovery sends every record."""
+    FIGURES.input("wrong write key, then fixed")
+    with ExitStack() as stack:
+        sandbox, runner = _diff_sandbox(stack)
+        wh = sandbox.warehouse
+        wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
+        wrong = json.dumps(sandbox.emulator.airflow_connection(write_key="a-key-of-another-source"))
+        with mock.patch.dict(os.environ, {"AIRFLOW_CONN_SEGMENT_PROFILES_DEFAULT": wrong}):
+            assert runner.run()["messages"]["delivered"] == 2  # accepted with 200, dropped by Segment
+        assert sandbox.emulator.messages == []
+        with pytest.raises(Exception, match="now point at another destination") as failure:
+            runner.run()
+        assert "full_refresh=True" in str(failure.value)
+        assert "a-key-of-another-source" not in str(failure.value) and WRITE_KEY not in str(failure.value)
+        runner.run(full_refresh=True)
+        assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
+        assert runner.run()["messages"]["delivered"] == 0  # the new destination is now the state's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip as gzip_module
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -156,6 +157,21 @@ class SegmentProfilesHook(BaseHook):
         :raises UnknownRegionError: when the connection's region is not one Segment has.
         """
         return self._settings[2]
+
+    @property
+    def destination_id(self) -> str:
+        """
+        16 hex digits naming where messages go: a keyed BLAKE2b hash of the base URL and the write key.
+
+        The write key cannot be recovered from it (a key has well over 64 bits of entropy, the digest has
+        64). It changes when the connection points at another source (write key), region or host, which
+        the sync must notice: Segment answers 200 to an unknown write key and to the wrong region and drops
+        the data (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/,
+        https://segment.com/docs/guides/regional-segment/).
+        """
+        write_key, _, base_url, _ = self._settings
+        material = f"{base_url}\n{write_key}".encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(material, key=b"segment-profiles-destination", digest_size=8).hexdigest()
 
     @cached_property
     def session(self) -> requests.Session:

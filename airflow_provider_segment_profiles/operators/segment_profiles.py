@@ -261,6 +261,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if self.state_path is None:
             self._warn_if_distributed(location)
         head = self._load_head(ti, location)
+        destinations = {}
+        if not self.dry_run:
+            destinations = {space: self._segment_hook(space).destination_id for space in set(spaces.values())}
+            if head is not None and not self.full_refresh and self.sync_mode != "full":
+                self._check_destinations(head, destinations)
         fingerprint = self._fingerprint(compiled)
 
         run_tag = f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}"
@@ -303,7 +308,15 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 summary = accounting.summary()
                 if not self.dry_run:
                     state = self._commit(
-                        location, head, store, workdir, watermark_value, fingerprint, accounting, ti
+                        location,
+                        head,
+                        store,
+                        workdir,
+                        watermark_value,
+                        fingerprint,
+                        accounting,
+                        ti,
+                        destinations,
                     )
                     if journal is not None:
                         journal.discard(journal_files)
@@ -616,6 +629,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
             )
         return head
 
+    def _check_destinations(self, head: SyncState, destinations: dict[str, str]) -> None:
+        """Fail when a Profile Space connection now points elsewhere than where the state was delivered."""
+        saved = head.extra.get("destinations") or {}
+        moved = sorted(space for space, now in destinations.items() if saved.get(space, now) != now)
+        if moved:
+            raise StateError(
+                f"The Segment connection(s) {', '.join(map(repr, moved))} now point at another destination than "
+                f"the one state generation {head.generation} was delivered to: the write key, region or host "
+                "changed. Segment answers 200 to an unknown write key or the wrong region and drops the data, "
+                "so records the state counts as delivered may be missing there. Run once with "
+                "full_refresh=True to send every record to the new destination (mappings on the 'added' "
+                "trigger fire again); that also accepts the change."
+            )
+
     def _newest_xcom_state(self, ti: Any, first_run: bool) -> SyncState | None:
         if first_run:
             self.log.info(
@@ -646,6 +673,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         fingerprint: str,
         accounting: SyncAccounting,
         ti: Any,
+        destinations: dict[str, str],
     ) -> SyncState:
         snapshot_file: Path | None = None
         records = 0
@@ -670,6 +698,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 "primary_key": self.primary_key,
                 "cursor_column": self.cursor_column,
                 "messages": accounting.messages,
+                "destinations": destinations,
             },
         )
         expected = head  # full_refresh still guards against a concurrent commit

@@ -73,7 +73,9 @@ def test_connection_exports_resolve(where, line, monkeypatch):
         assert isinstance(connection.get_hook(), DbApiHook)
         return
     hook = SegmentProfilesHook(conn_id)
-    if connection.host:
+    if connection.host and "://" in connection.host:  # a base URL
+        assert hook.base_url == connection.host.rstrip("/")
+    elif connection.host:  # host and port (a URI's form)
         assert hook.base_url == f"http://{connection.host}:{connection.port}/v1"
     else:
         assert hook.base_url == REGIONS[hook.region]

@@ -94,8 +94,13 @@ def _from_epoch(number: float | int, original: object) -> datetime:
         if abs(number) >= EPOCH_MILLISECONDS_THRESHOLD:
             return _UNIX_EPOCH + timedelta(milliseconds=number)
         return _UNIX_EPOCH + timedelta(seconds=number)
-    except (OverflowError, ValueError) as exc:
-        raise FieldRejected("timestamp", f"epoch number {original!r} is out of range: {exc}") from None
+    except (OverflowError, ValueError):
+        raise FieldRejected(
+            "timestamp",
+            f"epoch number {original!r} is out of range: as "
+            f"{'milliseconds' if abs(number) >= EPOCH_MILLISECONDS_THRESHOLD else 'seconds'} since 1970 it is "
+            "not a date between the years 1 and 9999",
+        ) from None
 
 
 def normalize_timestamp(value: object, warnings: list[str], field: str = "timestamp") -> object:

@@ -161,16 +161,17 @@ class SegmentProfilesHook(BaseHook):
     @property
     def destination_id(self) -> str:
         """
-        16 hex digits naming where messages go: a keyed BLAKE2b hash of the base URL and the write key.
+        16 hex digits naming where messages go: a keyed BLAKE2b hash of the region and the write key.
 
         The write key cannot be recovered from it (a key has well over 64 bits of entropy, the digest has
-        64). It changes when the connection points at another source (write key), region or host, which
-        the sync must notice: Segment answers 200 to an unknown write key and to the wrong region and drops
-        the data (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/,
-        https://segment.com/docs/guides/regional-segment/).
+        64). It changes when the connection points at another source (write key) or region, which the sync
+        must notice: Segment answers 200 to an unknown write key and to the wrong region and drops the data
+        (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/,
+        https://segment.com/docs/guides/regional-segment/). The Host is left out: a proxy in front of the
+        same region is the same destination.
         """
-        write_key, _, base_url, _ = self._settings
-        material = f"{base_url}\n{write_key}".encode("utf-8", "surrogatepass")
+        write_key, region, _, _ = self._settings
+        material = f"{region}\n{write_key}".encode("utf-8", "surrogatepass")
         return hashlib.blake2b(material, key=b"segment-profiles-destination", digest_size=8).hexdigest()
 
     @cached_property
@@ -415,7 +416,10 @@ class SegmentProfilesHook(BaseHook):
         try:
             response = self.session.post(f"{base_url}/batch", data=_batch_body([]), timeout=self.timeout)
         except requests.RequestException as err:
-            return False, f"Could not reach the tracking API at {_without_userinfo(base_url)}: {type(err).__name__}"
+            return (
+                False,
+                f"Could not reach the tracking API at {_without_userinfo(base_url)}: {type(err).__name__}",
+            )
         if response.status_code >= 400:
             return (
                 False,

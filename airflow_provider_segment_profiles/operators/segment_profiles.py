@@ -636,8 +636,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if moved:
             raise StateError(
                 f"The Segment connection(s) {', '.join(map(repr, moved))} now point at another destination than "
-                f"the one state generation {head.generation} was delivered to: the write key, region or host "
-                "changed. Segment answers 200 to an unknown write key or the wrong region and drops the data, "
+                f"the one state generation {head.generation} was delivered to: the write key or region changed. Segment answers 200 to an unknown write key or the wrong region and drops the data, "
                 "so records the state counts as delivered may be missing there. Run once with "
                 "full_refresh=True to send every record to the new destination (mappings on the 'added' "
                 "trigger fire again); that also accepts the change."

@@ -517,7 +517,12 @@ def section_latency(bench: Bench, out: Report) -> None:
     fraction = slow["msgs_per_s"] / zero["msgs_per_s"]
     table = [
         ["0 ms", f"{DEFAULT_MAX_IN_FLIGHT} (default)", f"{zero['msgs_per_s']:,.0f}", "100%"],
-        [f"{args.latency * 1000:.0f} ms", f"{DEFAULT_MAX_IN_FLIGHT} (default)", f"{slow['msgs_per_s']:,.0f}", f"{fraction:.0%}"],
+        [
+            f"{args.latency * 1000:.0f} ms",
+            f"{DEFAULT_MAX_IN_FLIGHT} (default)",
+            f"{slow['msgs_per_s']:,.0f}",
+            f"{fraction:.0%}",
+        ],
     ]
     for in_flight, result in extra:
         table.append(

@@ -466,7 +466,9 @@ def test_json_text_in_columns(rel_harness: DagHarness):
     report = {r["primary_key"]: r for r in lines if r["outcome"] == "rejected"}
     assert set(report) == {"array", "broken"}
     warned = [r for r in lines if r["outcome"] == "warning"]  # each warning is in the report, named
-    assert [(r["primary_key"], r["mapping"]) for r in warned] == [("escaped_nul_and_lone_surrogate", "parsed")]
+    assert [(r["primary_key"], r["mapping"]) for r in warned] == [
+        ("escaped_nul_and_lone_surrogate", "parsed")
+    ]
     assert report["array"]["field"] == "traits" and report["array"]["mapping"] == "parsed"
     assert "does not hold valid JSON text" in report["broken"]["reason"]
 

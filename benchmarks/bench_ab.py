@@ -64,15 +64,30 @@ def load_package(revision: str, folder: Path, name: str) -> str:
     return name
 
 
+def _first_module(package: str, *paths: str):
+    """The first of ``paths`` that exists in ``package`` (module paths moved between versions)."""
+    for path in paths:
+        try:
+            return importlib.import_module(f"{package}.{path}")
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"none of {paths} in {package}")
+
+
 def modules(package: str) -> SimpleNamespace:
     return SimpleNamespace(
         actions=importlib.import_module(f"{package}.actions"),
-        checksum=importlib.import_module(f"{package}.sync.checksum"),
-        snapshot=importlib.import_module(f"{package}.sync.snapshot"),
+        checksum=_first_module(package, "pipeline.detection.checksum", "sync.checksum"),
+        snapshot=_first_module(package, "state.snapshot", "sync.snapshot"),
         dispatcher=importlib.import_module(f"{package}.delivery.dispatcher"),
         outcome=importlib.import_module(f"{package}.delivery.outcome"),
         hook=importlib.import_module(f"{package}.hooks.segment_profiles"),
     )
+
+
+def _add_and_look_up(store):
+    # Named classify before the pipeline refactor.
+    return getattr(store, "add_and_look_up", None) or store.classify
 
 
 class _Done:
@@ -120,11 +135,11 @@ def cases(m: SimpleNamespace, rows: list[tuple], pg_rows: list[tuple], workdir: 
     def classify() -> None:
         store = state["store"]
         for chunk in chunks:
-            store.classify(chunk)
+            _add_and_look_up(store)(chunk)
 
     store = m.snapshot.SnapshotStore(workdir, None)
     for chunk in chunks:
-        store.classify(chunk)
+        _add_and_look_up(store)(chunk)
     store.write_diff_snapshot(previous)
     store.close()
 

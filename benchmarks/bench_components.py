@@ -20,8 +20,12 @@ from pathlib import Path
 from airflow_provider_segment_profiles.actions import compile_mappings
 from airflow_provider_segment_profiles.delivery.dispatcher import Dispatcher
 from airflow_provider_segment_profiles.delivery.outcome import DeliveryResult
-from airflow_provider_segment_profiles.sync.checksum import Checksummer, checksum_hex, record_key
-from airflow_provider_segment_profiles.sync.snapshot import SnapshotStore
+from airflow_provider_segment_profiles.pipeline.detection.checksum import (
+    Checksummer,
+    checksum_hex,
+    record_key,
+)
+from airflow_provider_segment_profiles.state.snapshot import SnapshotStore
 
 
 def best_of(repeats: int, run: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
@@ -113,7 +117,7 @@ def bench_snapshot(rows: list[tuple], chunk_size: int, repeats: int) -> dict[str
         def classify_first() -> None:
             store = first_run[0]
             for chunk in chunks:
-                store.classify(chunk)
+                store.add_and_look_up(chunk)
 
         results["snapshot.classify, first run"] = best_of(repeats, classify_first, new_first)
         previous = workdir / "previous.sqlite"
@@ -131,7 +135,7 @@ def bench_snapshot(rows: list[tuple], chunk_size: int, repeats: int) -> dict[str
         def classify_unchanged() -> None:
             store = second_run[0]
             for chunk in chunks:
-                store.classify(chunk)
+                store.add_and_look_up(chunk)
 
         results["snapshot.classify, 0% changed"] = best_of(repeats, classify_unchanged, new_second)
         second_run[0].close()

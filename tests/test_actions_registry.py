@@ -1,4 +1,4 @@
-"""The actions' JSON Schemas: SPEC's field keys, Segment's labels, types, required and hidden flags."""
+"""The actions' JSON Schemas: the public field keys, Segment's labels, types, required and hidden flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from airflow_provider_segment_profiles.actions import ACTION_NAMES, actions, get_action
 from airflow_provider_segment_profiles.actions.registry import load_schema
 
-#: SPEC.md "Field keys per action", in order, plus the hidden message_id and consent.
+#: The public field keys per action (docs/mappings.md), in order, plus the hidden message_id and consent.
 SPEC_FIELDS = {
     "send_identify": ["user_id", "anonymous_id", "group_id", "traits", "timestamp", "message_id", "consent"],
     "send_group": ["user_id", "anonymous_id", "group_id", "traits", "timestamp", "message_id", "consent"],

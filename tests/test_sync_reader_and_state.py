@@ -7,14 +7,19 @@ import sqlite3
 
 import pytest
 
-from airflow_provider_segment_profiles.sync.checksum import Checksummer, record_key
-from airflow_provider_segment_profiles.sync.reader import ModelQueryError, ModelReader, single_statement
-from airflow_provider_segment_profiles.sync.snapshot import (
+from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, record_key
+from airflow_provider_segment_profiles.pipeline.reader import ModelQueryError, ModelReader, single_statement
+from airflow_provider_segment_profiles.state.location import (
+    StateError,
+    StateLocation,
+    SyncState,
+    safe_component,
+)
+from airflow_provider_segment_profiles.state.snapshot import (
     TOMBSTONE_RETENTION_S,
     SnapshotStore,
     prepare_previous,
 )
-from airflow_provider_segment_profiles.sync.state import StateError, StateLocation, SyncState, safe_component
 
 
 @pytest.fixture
@@ -157,8 +162,8 @@ def snapshot_rows(path) -> dict[str, tuple]:
 def test_snapshot_classifies_and_keeps_failed_records_for_the_next_run(tmp_path):
     new = (None, False, 1, False)
     first = SnapshotStore(tmp_path, None)
-    assert first.classify([("a", 1, None), ("b", 2, None), ("c", 3, None)]) == [new] * 3
-    assert first.classify([("a", 9, None), ("d", 4, None)]) == [None, new]  # a duplicate across chunks
+    assert first.add_and_look_up([("a", 1, None), ("b", 2, None), ("c", 3, None)]) == [new] * 3
+    assert first.add_and_look_up([("a", 9, None), ("d", 4, None)]) == [None, new]  # a duplicate across chunks
     first.mark_failed(["c"])
     previous = tmp_path / "prev.sqlite"
     assert first.write_diff_snapshot(previous) == 4
@@ -167,7 +172,7 @@ def test_snapshot_classifies_and_keeps_failed_records_for_the_next_run(tmp_path)
     assert snapshot_rows(previous)["snapshot"] == {"a": (1, 1), "b": (2, 1), "c": (None, 1), "d": (4, 1)}
 
     second = SnapshotStore(tmp_path, previous)
-    assert second.classify([("a", 1, None), ("b", 5, None), ("c", 3, None), ("d", 4, None)]) == [
+    assert second.add_and_look_up([("a", 1, None), ("b", 5, None), ("c", 3, None), ("d", 4, None)]) == [
         (1, True, 1, False),  # unchanged: keeps version 1
         (2, True, 2, False),  # updated: version 2
         (None, True, 1, False),  # the unconfirmed add, again under version 1 (same message id)
@@ -185,19 +190,19 @@ def test_snapshot_classifies_and_keeps_failed_records_for_the_next_run(tmp_path)
 
     third = SnapshotStore(tmp_path, nxt)
     # b went back to the value Segment held before the failed update: sent anyway, as version 2.
-    assert third.classify([("b", 2, None)]) == [(2, True, 2, True)]
+    assert third.add_and_look_up([("b", 2, None)]) == [(2, True, 2, True)]
     third.close()
 
 
 def test_snapshot_lists_deleted_records_keeps_failed_deletes_and_tombstones(tmp_path):
     store = SnapshotStore(tmp_path, None, now=1_000_000)
-    store.classify([("a", 1, None), ("b", 2, None), ("c", 3, None)])
+    store.add_and_look_up([("a", 1, None), ("b", 2, None), ("c", 3, None)])
     previous = tmp_path / "prev.sqlite"
     store.write_diff_snapshot(previous)
     store.close()
 
     store = SnapshotStore(tmp_path, previous, now=1_000_000)
-    store.classify([("a", 1, None)])
+    store.add_and_look_up([("a", 1, None)])
     assert sorted(row for batch in store.deleted() for row in batch) == [("b", 2, 2), ("c", 3, 2)]
     store.mark_delete_failed(["c"])
     nxt = tmp_path / "next.sqlite"
@@ -208,14 +213,17 @@ def test_snapshot_lists_deleted_records_keeps_failed_deletes_and_tombstones(tmp_
 
     # b comes back with its old value: an add under version 3, not its first message id again.
     store = SnapshotStore(tmp_path, nxt, now=1_000_000 + TOMBSTONE_RETENTION_S - 1)
-    assert store.classify([("a", 1, None), ("b", 2, None)]) == [(1, True, 1, False), (None, False, 3, False)]
+    assert store.add_and_look_up([("a", 1, None), ("b", 2, None)]) == [
+        (1, True, 1, False),
+        (None, False, 3, False),
+    ]
     last = tmp_path / "last.sqlite"
     store.write_diff_snapshot(last)
     store.close()
     assert snapshot_rows(last)["tombstone"] == {"c": 2}  # b lives again; c's retried delete (version 2) went
 
     store = SnapshotStore(tmp_path, last, now=1_000_000 + 2 * TOMBSTONE_RETENTION_S)
-    store.classify([("a", 1, None), ("b", 2, None)])
+    store.add_and_look_up([("a", 1, None), ("b", 2, None)])
     store.write_diff_snapshot(tmp_path / "pruned.sqlite")
     store.close()
     assert snapshot_rows(tmp_path / "pruned.sqlite")["tombstone"] == {}  # older than the retention
@@ -223,7 +231,7 @@ def test_snapshot_lists_deleted_records_keeps_failed_deletes_and_tombstones(tmp_
 
 def test_journaled_records_of_an_uncommitted_try_are_folded_in(tmp_path):
     store = SnapshotStore(tmp_path, None)
-    store.classify([("a", 1, None)])
+    store.add_and_look_up([("a", 1, None)])
     committed = tmp_path / "committed.sqlite"
     store.write_diff_snapshot(committed)
     store.close()
@@ -231,14 +239,14 @@ def test_journaled_records_of_an_uncommitted_try_are_folded_in(tmp_path):
     previous = prepare_previous(committed, tmp_path, [("a", 2), ("z", 1)])
     store = SnapshotStore(tmp_path, previous)
     # a is back at the committed value but Segment may hold the dead try's: sent again as version 2.
-    assert store.classify([("a", 1, None)]) == [(1, True, 2, True)]
+    assert store.add_and_look_up([("a", 1, None)]) == [(1, True, 2, True)]
     assert [row for batch in store.deleted() for row in batch] == [("z", None, 2)]  # z is gone: delete it
     store.close()
     # With no committed state at all, the journal alone makes a snapshot to compare against.
     assert prepare_previous(None, tmp_path, []) is None
     fresh = prepare_previous(None, tmp_path, [("z", 1)])
     store = SnapshotStore(tmp_path, fresh)
-    assert store.classify([("z", 7, None)]) == [(None, True, 1, True)]  # added again, same version
+    assert store.add_and_look_up([("z", 7, None)]) == [(None, True, 1, True)]  # added again, same version
     store.close()
 
 
@@ -250,7 +258,7 @@ def test_snapshots_written_before_versions_are_upgraded(tmp_path):
     db.commit()
     db.close()
     store = SnapshotStore(tmp_path, prepare_previous(old, tmp_path, []))
-    assert store.classify([("a", 1, None), ("b", 5, None), ("n", 6, None)]) == [
+    assert store.add_and_look_up([("a", 1, None), ("b", 5, None), ("n", 6, None)]) == [
         (1, True, 0, False),
         (None, True, 1, False),
         (None, False, 1, False),
@@ -311,7 +319,7 @@ def test_state_paths_cannot_escape_their_base(tmp_path, value):
 def test_send_journal_reads_uncommitted_tries_and_skips_torn_files(tmp_path):
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_segment_profiles.sync.journal import JournalError, SendJournal
+    from airflow_provider_segment_profiles.state.journal import JournalError, SendJournal
 
     folder = ObjectStoragePath(f"file://{tmp_path}/journal")
     dead = SendJournal(folder, base_generation=3, tag="run1-try1")

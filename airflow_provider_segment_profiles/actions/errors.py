@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from airflow_provider_segment_profiles.exceptions import ConfigurationError
 
-class MappingConfigError(ValueError):
+
+class MappingConfigError(ConfigurationError):
     """
     One or more mappings are invalid; raised once, listing every problem found.
 

@@ -1,7 +1,7 @@
 """
 Mapping configuration: validate every mapping at once, then compile each into a :class:`CompiledMapping`.
 
-A mapping (SPEC.md, "Mapping") is a JSON-serialisable dict::
+A mapping (``docs/mappings.md``) is a JSON-serialisable dict::
 
     {
         "name": "customers_identify",  # optional; default f"{action}_{index}", e.g. "send_identify_0"
@@ -46,8 +46,8 @@ from airflow_provider_segment_profiles.actions.value_forms import (
     join_path,
     parse_field_form,
 )
+from airflow_provider_segment_profiles.pipeline.modes import MODES, SYNC_MODES, get_mode
 
-SYNC_MODES = ("diff", "incremental", "full")
 TRIGGERS = ("added", "updated", "added_or_updated", "deleted")
 DEFAULT_TRIGGER = "added_or_updated"
 CHANGES = ("added", "updated", "deleted")
@@ -56,15 +56,6 @@ CHANGES = ("added", "updated", "deleted")
 MAX_MAPPINGS = 50
 
 _MAPPING_KEYS = ("name", "action", "trigger", "profile_space", "fields")
-#: Triggers that cannot fire in a sync mode: incremental reads only new rows, each counted as added;
-#: full sends every row every run and keeps no snapshot to detect deletions (SPEC.md, "Mapping").
-_TRIGGERS_NOT_FITTING = {"incremental": {"updated", "deleted"}, "full": {"deleted"}, "diff": set()}
-
-
-def _changes_selected(trigger: str, sync_mode: str) -> frozenset[str]:
-    if sync_mode == "full" and trigger != "deleted":
-        return frozenset({"added", "updated"})  # full: every row goes to every non-deleted mapping
-    return frozenset({"added_or_updated": ("added", "updated")}.get(trigger, (trigger,)))
 
 
 def _suggest(word: Any, choices: Sequence[str]) -> str:
@@ -137,7 +128,8 @@ class CompiledMapping:
         self._column_refs = column_refs
         self._star_forms = star_forms
         self._definition = definition
-        self._changes = _changes_selected(trigger, sync_mode)
+        # An unknown sync_mode is reported by compile_mappings; the mapping is still checked for its own problems.
+        self._changes = get_mode(sync_mode).changes_selected(trigger) if sync_mode in MODES else frozenset()
 
     def __repr__(self) -> str:
         return f"CompiledMapping(name={self.name!r}, action={self.action!r}, trigger={self.trigger!r})"
@@ -326,11 +318,9 @@ class _MappingCompiler:
                 f"unknown trigger {trigger!r}{_suggest(trigger, TRIGGERS)} (one of {', '.join(TRIGGERS)})",
             )
             return None
-        if trigger in _TRIGGERS_NOT_FITTING.get(self.sync_mode, ()):
-            why = {
-                "incremental": "incremental mode reads only new rows and counts each as added",
-                "full": "full mode keeps no snapshot, so it cannot detect deleted records",
-            }[self.sync_mode]
+        unfit = get_mode(self.sync_mode).unfit_triggers if self.sync_mode in MODES else {}
+        if trigger in unfit:
+            why = unfit[trigger]
             self.report(
                 f"{self.path}.trigger",
                 f"trigger {trigger!r} does not fit sync_mode {self.sync_mode!r}: {why}",
@@ -474,7 +464,7 @@ def compile_mappings(
     """
     Validate and compile the operator's mappings.
 
-    :param mappings: the mapping dicts (see the module docstring and SPEC.md).
+    :param mappings: the mapping dicts (see the module docstring and ``docs/mappings.md``).
     :param sync_mode: ``diff`` | ``incremental`` | ``full``; decides which triggers fit.
     :param primary_key: the model's unique identifier column; the only column a ``deleted`` mapping may
         read.

@@ -12,7 +12,7 @@ the id is derived from what identifies one change sent through one mapping::
   ids, so a corrected payload is not dropped as a duplicate of the earlier one;
 * ``change``: ``upsert`` for added/updated records, ``deleted`` for deletions;
 * ``checksum``: the caller's hex checksum of the record — a new change gets a new id. In diff mode the
-  operator appends the record's version (``{hex}.{version}``, see ``sync/snapshot.py``), so a record that
+  operator appends the record's version (``{hex}.{version}``, see ``state/snapshot.py``), so a record that
   returns to an earlier value within the window is a new change too;
 * ``primary_key``: the record's unique identifier, as text (last, so it may contain any character).
 

@@ -1,5 +1,5 @@
 """
-Value forms: how a mapping says where each field's value comes from (SPEC.md, "Field value forms").
+Value forms: how a mapping says where each field's value comes from (``docs/mappings.md``, "Value forms").
 
 ===========================================  ========================================================
 form                                         meaning

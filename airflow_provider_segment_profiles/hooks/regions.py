@@ -7,6 +7,8 @@ Source: Segment's Segment Profiles destination (``SEGMENT_ENDPOINTS`` in segment
 
 from __future__ import annotations
 
+from airflow_provider_segment_profiles.exceptions import ConfigurationError
+
 DEFAULT_REGION = "north_america"
 
 #: region name -> tracking API base URL (ends in ``/v1``).
@@ -16,7 +18,7 @@ REGIONS: dict[str, str] = {
 }
 
 
-class UnknownRegionError(ValueError):
+class UnknownRegionError(ConfigurationError):
     """Raised when a connection names a region Segment does not have."""
 
     def __init__(self, region: object) -> None:

@@ -26,14 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_segment_profiles.exceptions import StateError
+
 STATE_XCOM_KEY = "segment_profiles_state"
 STATE_FORMAT = 1
 _SAFE_COMPONENT = re.compile(r"[^A-Za-z0-9_.=-]")
 _KEEP_SNAPSHOTS = 2
-
-
-class StateError(RuntimeError):
-    """State is missing, unreadable or was committed by another run; the message says how to recover."""
 
 
 @dataclass

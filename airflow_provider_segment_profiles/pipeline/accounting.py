@@ -7,12 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from airflow_provider_segment_profiles.exceptions import AccountingMismatch
+
 #: Most rejected or failed examples kept in the summary (the report file has all of them).
 MAX_SAMPLES = 20
-
-
-class AccountingMismatch(RuntimeError):
-    """Totals do not reconcile: a record or message was lost or counted twice."""
 
 
 @dataclass
@@ -125,7 +123,7 @@ class SyncAccounting:
             raise AccountingMismatch("Sync totals do not reconcile: " + "; ".join(problems))
 
     def summary(self) -> dict[str, Any]:
-        """The run summary's counting part (keys fixed by SPEC.md)."""
+        """The run summary's counting part (keys fixed by the public contract, ``docs/operator.md``)."""
         return {
             "rows_read": self.rows_read,
             "records": {k: self.records[k] for k in ("added", "updated", "deleted", "unchanged", "rejected")},

@@ -17,11 +17,9 @@ import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from airflow_provider_segment_profiles.exceptions import JournalError
+
 JOURNAL_FORMAT = 1
-
-
-class JournalError(RuntimeError):
-    """The journal could not be written; nothing of the chunk was sent (a retry of the task may succeed)."""
 
 
 class SendJournal:

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER,
     WITHOUT ROWID;
 """
 
-#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.classify`;
+#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.add_and_look_up`;
 #: the flags are SQLite's 0 and 1 (rows come back from SQLite as they are).
 Lookup = tuple[int | None, int, int, int]
 _NEW: Lookup = (None, 0, 1, 0)
@@ -122,7 +122,7 @@ class SnapshotStore:
             CREATE TEMP TABLE failed_deletes (pk TEXT PRIMARY KEY) WITHOUT ROWID;
             """
         )
-        # Without a previous snapshot every record is new: classify() then skips the lookups.
+        # Without a previous snapshot every record is new: add_and_look_up() then skips the lookups.
         self._first_run = previous is None
         self._chunks = 0
         if previous is not None:
@@ -160,7 +160,7 @@ class SnapshotStore:
         """Records in the previous snapshot."""
         return self.db.execute("SELECT count(*) FROM prev.snapshot").fetchone()[0]
 
-    def classify(self, chunk: Sequence[tuple[str, int, object]]) -> list[Lookup | None]:
+    def add_and_look_up(self, chunk: Sequence[tuple[str, int, object]]) -> list[Lookup | None]:
         """
         Look up a chunk of records and add them to the current snapshot.
 

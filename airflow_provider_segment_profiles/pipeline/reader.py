@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlparse
 
+from airflow_provider_segment_profiles.exceptions import ModelQueryError
+
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -18,10 +20,6 @@ _WRITE_STATEMENTS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "UPSERT", "CREATE", "DROP", "ALTER", "TRUNCATE"}
 )
 WATERMARK_PARAMETER = "segment_profiles_watermark"
-
-
-class ModelQueryError(ValueError):
-    """The model's SQL cannot be used: not one query, no result set, or a column problem."""
 
 
 def single_statement(sql: str, hook: DbApiHook) -> str:

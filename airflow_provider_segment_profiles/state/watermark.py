@@ -6,9 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-
-class WatermarkError(ValueError):
-    """A cursor value that cannot serve as a watermark (NULL, or a type with no order)."""
+from airflow_provider_segment_profiles.exceptions import WatermarkError
 
 
 def sort_key(value: Any) -> int | float | str:

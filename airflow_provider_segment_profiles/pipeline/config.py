@@ -1,0 +1,95 @@
+"""The frozen configuration of one sync run, and its checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT, MAX_BATCH_MESSAGES
+from airflow_provider_segment_profiles.exceptions import ConfigurationError
+from airflow_provider_segment_profiles.pipeline.modes import SYNC_MODES, SyncMode, get_mode
+
+#: Segment Engage ingests at most 1,000 events per second per Profile Space
+#: (https://segment.com/docs/engage/product-limits/); the default leaves room for other sources.
+DEFAULT_MAX_EVENTS_PER_SECOND = 800.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """
+    Everything a sync run needs to know about what to do, as the operator's rendered parameters give it.
+    The parameters are documented on
+    :class:`~airflow_provider_segment_profiles.operators.segment_profiles.SegmentProfilesSyncOperator`.
+
+    :param mappings: the mapping dicts, rendered (compiled by the run).
+    :param default_space: conn id of the ``segment_profiles`` connection for mappings without
+        ``profile_space``.
+    """
+
+    sql: str
+    primary_key: str
+    mappings: Any
+    parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    default_space: str = "segment_profiles_default"
+    sync_mode: str = "diff"
+    cursor_column: str | None = None
+    full_refresh: bool = False
+    dry_run: bool = False
+    report_path: str | None = None
+    dry_run_path: str | None = None
+    batch_size: int = 500
+    fetch_size: int = 5000
+    max_requests_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND
+    progress_interval_s: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> SyncMode:
+        """The :class:`~.modes.SyncMode` strategy of ``sync_mode``."""
+        return get_mode(self.sync_mode)
+
+    def fingerprint(self, mapping_fingerprints: Sequence[str]) -> str:
+        """16 hex digits identifying the mode, unique identifier, cursor and mappings of the sync."""
+        material = json.dumps(
+            [self.sync_mode, self.primary_key, self.cursor_column, list(mapping_fingerprints)]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def check_settings(
+    *,
+    task_id: str,
+    sync_mode: str,
+    cursor_column: str | None,
+    batch_size: int,
+    fetch_size: int,
+    max_requests_in_flight: int,
+    max_events_per_second: float | None,
+    fractions: Mapping[str, float | None],
+) -> None:
+    """
+    Check the settings that do not depend on the data, all at once.
+
+    :param fractions: threshold name -> value; each must be between 0 and 1 (``None`` disables one).
+    :raises ConfigurationError: listing every problem, naming the task.
+    """
+    problems = []
+    if sync_mode not in SYNC_MODES:
+        problems.append(f"sync_mode {sync_mode!r} is not one of {', '.join(SYNC_MODES)}")
+    else:
+        problems.extend(get_mode(sync_mode).check_settings(cursor_column))
+    if not 1 <= batch_size <= MAX_BATCH_MESSAGES:
+        problems.append("batch_size must be between 1 and 2,500 (Segment's batch limit)")
+    if fetch_size < 1 or max_requests_in_flight < 1:
+        problems.append("fetch_size and max_requests_in_flight must be >= 1")
+    if max_events_per_second is not None and max_events_per_second <= 0:
+        problems.append("max_events_per_second must be > 0 or None")
+    for name, value in fractions.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"{name} must be between 0 and 1")
+    if problems:
+        raise ConfigurationError(f"Invalid SegmentProfilesSyncOperator {task_id!r}: " + "; ".join(problems))

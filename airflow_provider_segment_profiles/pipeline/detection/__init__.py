@@ -1,0 +1,1 @@
+"""Change detection engines behind one interface (:mod:`.base`): :mod:`.worker` (the default)."""

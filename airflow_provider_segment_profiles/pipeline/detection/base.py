@@ -1,0 +1,76 @@
+"""
+Stage 2, change detection: the interface every engine implements.
+
+An engine decides, for each record of the model, whether it was added, updated, deleted or is unchanged
+since the last committed state, remembers what delivery settled, and writes the state the next run
+compares against. The rest of the pipeline (message building, delivery, settling, commit) is shared by
+every engine. Engines: :mod:`.worker` (``change_detection="worker"``: the worker reads every row and
+compares it with a snapshot kept under ``state_path``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from airflow_provider_segment_profiles.pipeline.records import Change, Record
+
+
+class ChangeDetector(Protocol):
+    """
+    One run's change detection. Called in this order: :meth:`query`, :meth:`bind`, :meth:`detect` per
+    chunk, :meth:`write_ahead` before each chunk's messages are sent, :meth:`deletions`, the ``mark_*``
+    methods as delivery settles, then :meth:`snapshot_to_commit` and :meth:`close`.
+    """
+
+    def query(
+        self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] | None
+    ) -> tuple[str, Sequence[Any] | Mapping[str, Any] | None]:
+        """The SQL the source runs for the model ``statement`` (and its parameters)."""
+
+    def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
+        """
+        Learn the result's columns once the query ran.
+
+        :param columns: the result's column names.
+        :param used_columns: positions of the columns the mappings read (what a checksum covers).
+        :param seed: the mappings' fingerprints; a changed mapping changes every checksum.
+        """
+
+    def detect(self, records: Sequence[Record]) -> list[Change]:
+        """
+        Classify one chunk of records. Each is counted in the accounting as added, updated, unchanged, or
+        rejected (a unique identifier an earlier chunk had).
+
+        :return: the added and updated records, in order (unchanged ones need no message).
+        """
+
+    def write_ahead(self, changes: Sequence[Change]) -> None:
+        """
+        Make a record of ``changes`` durable before their messages are sent, so that a try killed after
+        sending loses nothing.
+
+        :raises JournalError: the record could not be written; the chunk must not be sent.
+        """
+
+    def deletions(self) -> Iterator[list[Change]]:
+        """Chunks of the records the committed state has and this run did not read, as deleted changes."""
+
+    def mark_failed(self, keys: Iterable[str]) -> None:
+        """A message of these added or updated records was not delivered: they are sent again next run."""
+
+    def mark_delete_failed(self, keys: Iterable[str]) -> None:
+        """A deleted record's message was not delivered: it counts as deleted again next run."""
+
+    def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:
+        """The incremental watermark to commit (``None`` outside incremental mode, or when nothing was read)."""
+
+    def snapshot_to_commit(self, workdir: Path, watermark: Any) -> tuple[Path | None, int]:
+        """Write the state the next run compares against; return ``(file or None, record count)``."""
+
+    def after_commit(self) -> None:
+        """Clean up what the commit made obsolete (journals of earlier tries)."""
+
+    def close(self) -> None:
+        """Release what the engine holds (files, connections); safe to call twice."""

@@ -1,0 +1,192 @@
+"""
+The worker engine of change detection (``change_detection="worker"``, the default): the worker reads every
+row of the model, checksums the values the mappings use, and compares each record with the snapshot the
+last run committed under ``state_path`` (:mod:`~airflow_provider_segment_profiles.state.snapshot`). Needs
+only read access to the warehouse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, checksum_hex
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record
+from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
+from airflow_provider_segment_profiles.state.journal import SendJournal
+from airflow_provider_segment_profiles.state.snapshot import SnapshotStore, prepare_previous
+from airflow_provider_segment_profiles.state.watermark import sort_key
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+    from airflow_provider_segment_profiles.pipeline.modes import SyncMode
+    from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
+
+_ADDED, _UPDATED, _UNCHANGED = ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.UNCHANGED
+
+
+def deleted_token(held_checksum: int | None, version: int) -> str:
+    """The change token of a delete: what Segment held (``unconfirmed`` for an unconfirmed add) and the
+    version the delete moves the record to."""
+    held = "unconfirmed" if held_checksum is None else checksum_hex(held_checksum)
+    return f"{held}.{version}"
+
+
+class WorkerChangeDetector:
+    """
+    :class:`~.base.ChangeDetector` over a local SQLite snapshot.
+
+    :param mode: the sync mode.
+    :param location: where the sync's state lives.
+    :param previous: the committed state this run compares against (``None``: every record is new).
+    :param workdir: local folder for the snapshot files of this run.
+    :param accounting: receives every record's classification.
+    :param primary_key: the unique identifier column (for rejection reasons).
+    :param journal_tag: this try's name, a safe path component; ``None`` writes no journal (dry runs).
+    :param log: the task's logger.
+    :raises StateError: the committed snapshot cannot be read.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: SyncMode,
+        location: StateLocation,
+        previous: SyncState | None,
+        head: SyncState | None,
+        workdir: Path,
+        accounting: SyncAccounting,
+        primary_key: str,
+        journal_tag: str | None,
+        log: Any,
+    ) -> None:
+        self.mode = mode
+        self.accounting = accounting
+        self.primary_key = primary_key
+        self._max_cursor: Any = None
+        self._max_cursor_key: Any = None
+        snapshot = location.download_snapshot(previous, workdir) if previous is not None else None
+        self.journal: SendJournal | None = None
+        self._journal_files: list[Any] = []
+        uncommitted: list[Any] = []
+        if mode.journals_sends:
+            journal = SendJournal(location.journal, head.generation if head else 0, journal_tag or "dry-run")
+            self._journal_files, uncommitted = journal.uncommitted()
+            if uncommitted:
+                log.warning(
+                    "Tries that did not commit left %d journal files of records they may have sent; "
+                    "those records' current values (or deletes) are sent again",
+                    len(uncommitted),
+                )
+            self.journal = journal if journal_tag is not None else None
+        self.store = SnapshotStore(
+            workdir, prepare_previous(snapshot, workdir, SendJournal.records(uncommitted))
+        )
+        self._checksummer: Checksummer | None = None
+        if previous is not None and mode.uses_cursor:
+            from airflow_provider_segment_profiles.state.watermark import from_xcom
+
+            self._max_cursor = from_xcom(previous.watermark)
+            if self._max_cursor is not None:
+                self._max_cursor_key = sort_key(self._max_cursor)
+
+    def query(
+        self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] | None
+    ) -> tuple[str, Sequence[Any] | Mapping[str, Any] | None]:
+        """The model as it is (the mode may add the incremental watermark filter, see :mod:`..modes`)."""
+        return statement, parameters
+
+    def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
+        """Set up the checksum over the used columns."""
+        self._checksummer = Checksummer(seed, used_columns)
+
+    def detect(self, records: Sequence[Record]) -> list[Change]:
+        """Classify a chunk against the snapshot (see :meth:`SnapshotStore.add_and_look_up`)."""
+        checksummer = self._checksummer
+        assert checksummer is not None, "bind() first"
+        checksums = [checksummer(record.row) for record in records]
+        lookups = self.store.add_and_look_up(
+            [
+                (record.key, checksum, record.cursor_key)
+                for record, checksum in zip(records, checksums, strict=True)
+            ]
+        )
+        classify = self.mode.classify
+        token = self.mode.change_token
+        counts = self.accounting.records
+        changes: list[Change] = []
+        max_key = self._max_cursor_key
+        for record, checksum, lookup in zip(records, checksums, lookups, strict=True):
+            if lookup is None:
+                self.accounting.reject_record(
+                    record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
+                )
+                continue
+            held, known, version, uncertain = lookup
+            kind = classify(known, held, checksum, uncertain)
+            counts[kind] += 1
+            if record.cursor_key is not None and (max_key is None or record.cursor_key > max_key):
+                max_key = record.cursor_key
+                self._max_cursor = record.cursor_value
+            if kind is not _UNCHANGED:
+                changes.append(
+                    Change(
+                        kind,
+                        record.key,
+                        record.row,
+                        token(checksum_hex(checksum), version),
+                        version,
+                        record.cursor_value,
+                    )
+                )
+        self._max_cursor_key = max_key
+        return changes
+
+    def write_ahead(self, changes: Sequence[Change]) -> None:
+        """Journal ``(unique identifier, version)`` of each change (diff mode; not in dry runs)."""
+        if self.journal is not None and changes:
+            self.journal.record([(change.key, change.version) for change in changes])
+
+    def deletions(self) -> Iterator[list[Change]]:
+        """Records of the snapshot this run did not read (diff mode only)."""
+        if not self.mode.detects_deletions:
+            return
+        deleted = ChangeKind.DELETED
+        for chunk in self.store.deleted():
+            self.accounting.records[deleted] += len(chunk)
+            yield [
+                Change(deleted, key, None, deleted_token(held, version), version)
+                for key, held, version in chunk
+            ]
+
+    def mark_failed(self, keys: Iterable[str]) -> None:
+        """See :meth:`SnapshotStore.mark_failed`."""
+        self.store.mark_failed(keys)
+
+    def mark_delete_failed(self, keys: Iterable[str]) -> None:
+        """See :meth:`SnapshotStore.mark_delete_failed`."""
+        self.store.mark_delete_failed(keys)
+
+    def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:
+        """The smallest cursor value of an undelivered record, else the largest read (incremental mode)."""
+        if failed_cursor_values:
+            return min(failed_cursor_values, key=sort_key)
+        return self._max_cursor
+
+    def snapshot_to_commit(self, workdir: Path, watermark: Any) -> tuple[Path | None, int]:
+        """Write the mode's snapshot for the next run to ``workdir/next.sqlite``."""
+        destination = workdir / "next.sqlite"
+        count = self.mode.snapshot_to_commit(
+            self.store, destination, sort_key(watermark) if watermark is not None else None
+        )
+        return (None, 0) if count is None else (destination, count)
+
+    def after_commit(self) -> None:
+        """Remove the journals the commit accounted for."""
+        if self.journal is not None:
+            self.journal.discard(self._journal_files)
+
+    def close(self) -> None:
+        """Close and remove this run's working snapshot."""
+        self.store.close()

@@ -1,0 +1,86 @@
+"""
+Stage 3, message building: each change, fanned out over the mappings whose trigger selects it.
+
+One path for every change kind: an added or updated record is built from its row, a deleted one from its
+unique identifier alone (:meth:`RecordBuilder.build_deleted`); both get derived message ids from the
+change token, both record their warnings, and both count every selected message exactly once (rejected
+here, or handed to delivery, which settles it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from airflow_provider_segment_profiles.actions import CompiledMapping, RecordBuilder, RecordRejected
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.delivery.dispatcher import Completion
+    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+    from airflow_provider_segment_profiles.pipeline.modes import SyncMode
+
+#: ``add(profile space connection id, encoded message, ref) -> completions``: :meth:`Dispatcher.add`.
+Add = Callable[[str, bytes, MessageRef], "list[Completion]"]
+#: Settles a list of completions (:class:`~.settle.Settler`).
+Settle = Callable[["list[Completion]"], None]
+
+
+class MessageFanout:
+    """
+    Builds and validates the messages of changes, per mapping, and hands the valid ones to ``deliver``.
+
+    :param mappings: the compiled mappings.
+    :param builders: mapping name -> its :class:`RecordBuilder` bound to the result's columns.
+    :param space_conn_ids: mapping name -> conn id of the Profile Space connection it sends to.
+    :param mode: the sync mode (which changes each trigger selects).
+    :param accounting: counts selected and rejected messages and warnings.
+    """
+
+    def __init__(
+        self,
+        mappings: Sequence[CompiledMapping],
+        builders: dict[str, RecordBuilder],
+        space_conn_ids: dict[str, str],
+        mode: SyncMode,
+        accounting: SyncAccounting,
+    ) -> None:
+        self.accounting = accounting
+        self._targets: dict[ChangeKind, list[tuple[str, RecordBuilder, str]]] = {
+            kind: [] for kind in ChangeKind
+        }
+        for mapping in mappings:
+            for kind in mode.changes_selected(mapping.trigger):
+                self._targets[kind].append(
+                    (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
+                )
+        #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
+        self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
+
+    def send(self, changes: Sequence[Change], add: Add, settle: Settle) -> None:
+        """
+        Build every message of ``changes``; count rejections; hand the others to delivery with ``add`` and
+        settle the completions it returns meanwhile.
+        """
+        accounting = self.accounting
+        tallies = accounting.mappings
+        targets = self._targets
+        for change in changes:
+            row = change.row
+            for name, builder, space in targets[change.kind]:
+                tallies[name].selected += 1
+                try:
+                    if row is None:
+                        built = builder.build_deleted(change.key, checksum=change.token)
+                    else:
+                        built = builder.build(row, primary_key=change.key, checksum=change.token)
+                except RecordRejected as rejection:
+                    accounting.message(name, Outcome.REJECTED, change.key, rejection.reason, rejection.field)
+                    continue
+                if built.warnings:
+                    accounting.warn(name, change.key, built.warnings)
+                completions = add(
+                    space, built.encoded, MessageRef(change.key, name, change.kind, change.cursor_value)
+                )
+                if completions:  # usually empty: most messages only join a batch
+                    settle(completions)

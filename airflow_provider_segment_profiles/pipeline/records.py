@@ -1,0 +1,89 @@
+"""
+The typed records that travel between the stages of a sync.
+
+``source`` yields :class:`Record` chunks; change detection turns each into a :class:`Change` (and finds
+deleted records as changes without a row); message building fans a change out over the mappings, handing
+each message to delivery with a :class:`MessageRef`; settling reads the ref back from the message's
+completion. They are ``NamedTuple``\\ s because millions are made per run: a named tuple costs what a
+plain tuple costs, and its fields have names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class ChangeKind(StrEnum):
+    """What happened to a record since the last committed state (Reverse ETL's standard terms)."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    UNCHANGED = "unchanged"
+
+
+class Outcome(StrEnum):
+    """
+    What became of one message a mapping selected: ``delivered`` (Segment answered 2xx, or a dry run wrote
+    it), ``rejected`` (bad data: it could not become a valid call, or is too large), ``failed`` (it could
+    not be delivered: a 4xx or the retries ran out).
+    """
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class Record(NamedTuple):
+    """
+    One row of the model that passed the source's checks.
+
+    :param row: the row's values, in the result's column order.
+    :param key: the unique identifier as text (see :func:`~.detection.checksum.record_key`).
+    :param cursor_value: the incremental cursor's value as the driver returned it (``None`` in other modes).
+    :param cursor_key: ``cursor_value`` as a sort key (see :func:`~..state.watermark.sort_key`), or ``None``.
+    """
+
+    row: Sequence[Any]
+    key: str
+    cursor_value: Any = None
+    cursor_key: Any = None
+
+
+class Change(NamedTuple):
+    """
+    One record that has something to send.
+
+    :param kind: added, updated or deleted.
+    :param key: the unique identifier as text.
+    :param row: the record's values, or ``None`` for a deleted record.
+    :param token: the change token that goes into derived message ids: the checksum in hex, followed in
+        diff mode by ``.{version}`` (see ``docs/architecture.md``).
+    :param version: the record's version after this change (diff mode; ``0`` in other modes).
+    :param cursor_value: as in :class:`Record`.
+    """
+
+    kind: ChangeKind
+    key: str
+    row: Sequence[Any] | None
+    token: str
+    version: int = 0
+    cursor_value: Any = None
+
+
+class MessageRef(NamedTuple):
+    """
+    What a message was built from, handed to delivery and back in the message's completion.
+
+    :param key: the record's unique identifier.
+    :param mapping: the mapping's name.
+    :param kind: the change that selected it.
+    :param cursor_value: the record's cursor value (incremental mode), so a failure holds the watermark.
+    """
+
+    key: str
+    mapping: str
+    kind: ChangeKind
+    cursor_value: Any = None

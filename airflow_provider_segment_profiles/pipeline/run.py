@@ -1,0 +1,278 @@
+"""
+One sync run, stage after stage::
+
+    source -> change detection -> message building -> delivery -> settling -> commit
+
+:class:`SyncRun` owns what lives only as long as a run (its work folder, the report file, the snapshot
+store, the model's cursor, the cancel event); the operator creates one per ``execute`` and cancels it from
+``on_kill``. See ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from airflow_provider_segment_profiles.actions import CompiledMapping
+from airflow_provider_segment_profiles.delivery.dispatcher import Dispatcher
+from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
+from airflow_provider_segment_profiles.exceptions import ModelQueryError, SyncCancelled
+from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+from airflow_provider_segment_profiles.pipeline.commit import commit_state
+from airflow_provider_segment_profiles.pipeline.detection.worker import WorkerChangeDetector
+from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout
+from airflow_provider_segment_profiles.pipeline.reader import single_statement
+from airflow_provider_segment_profiles.pipeline.records import ChangeKind
+from airflow_provider_segment_profiles.pipeline.reports import upload
+from airflow_provider_segment_profiles.pipeline.settle import Progress, Settler
+from airflow_provider_segment_profiles.pipeline.source import RecordSource
+from airflow_provider_segment_profiles.state.watermark import from_xcom, sort_key
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+    from airflow_provider_segment_profiles.pipeline.config import SyncConfig
+    from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
+    from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
+
+
+class SyncResult(NamedTuple):
+    """
+    :param summary: the run summary (keys in ``docs/operator.md``).
+    :param state: the committed state, or ``None`` for a dry run.
+    """
+
+    summary: dict[str, Any]
+    state: SyncState | None
+
+
+class SyncRun:
+    """
+    Runs one sync.
+
+    :param config: the rendered settings.
+    :param mappings: the compiled mappings.
+    :param warehouse: the model's common-sql hook.
+    :param segment_hooks: Profile Space conn id -> hook, for every conn id of ``space_conn_ids``.
+    :param space_conn_ids: mapping name -> Profile Space conn id it sends to.
+    :param destinations: Profile Space conn id -> destination id (empty for a dry run).
+    :param location: where the sync's state lives.
+    :param head: the committed state (checked by :func:`~..state.guards.load_head`), or ``None``.
+    :param run_id: the DAG run's id; ``try_number`` the task instance's try.
+    :param run_tag: a safe path component naming this try (reports, journal files).
+    :param log: the task's logger.
+    """
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        mappings: Sequence[CompiledMapping],
+        *,
+        warehouse: DbApiHook,
+        segment_hooks: dict[str, SegmentProfilesHook],
+        space_conn_ids: dict[str, str],
+        destinations: dict[str, str],
+        location: StateLocation,
+        head: SyncState | None,
+        run_id: str,
+        try_number: int,
+        run_tag: str,
+        log: Any,
+    ) -> None:
+        self.config = config
+        self.mappings = list(mappings)
+        self.warehouse = warehouse
+        self.segment_hooks = segment_hooks
+        self.space_conn_ids = space_conn_ids
+        self.destinations = destinations
+        self.location = location
+        self.head = head
+        self.run_id = run_id
+        self.try_number = try_number
+        self.run_tag = run_tag
+        self.log = log
+        self._cancelled = threading.Event()
+        self._source: RecordSource | None = None
+
+    def execute(self) -> SyncResult:
+        """
+        Run every stage and commit.
+
+        :raises PermanentSyncError: configuration, model query or state problems (see :mod:`..exceptions`).
+        :raises TransientSyncError: the journal could not be written, totals did not reconcile, or the run
+            was cancelled; nothing was committed.
+        """
+        config, mode = self.config, self.config.mode
+        started = time.monotonic()
+        previous = mode.resumes_from(self.head, config.full_refresh)
+        with contextlib.ExitStack() as stack:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segment_profiles_")))
+            report_file = stack.enter_context(open(workdir / "report.ndjson", "w+b"))
+            dry_run_file = (
+                stack.enter_context(open(workdir / "dry_run.ndjson", "w+b")) if config.dry_run else None
+            )
+            accounting = SyncAccounting([m.name for m in self.mappings], report=report_file)
+            detector = WorkerChangeDetector(
+                mode=mode,
+                location=self.location,
+                previous=previous,
+                head=self.head,
+                workdir=workdir,
+                accounting=accounting,
+                primary_key=config.primary_key,
+                journal_tag=None if config.dry_run else self.run_tag,
+                log=self.log,
+            )
+            stack.callback(detector.close)
+            watermark = self._stream(detector, accounting, previous, dry_run_file, started)
+            accounting.reconcile()
+            summary = accounting.summary()
+            state = None
+            if not config.dry_run:
+                state = commit_state(
+                    config=config,
+                    location=self.location,
+                    head=self.head,
+                    detector=detector,
+                    workdir=workdir,
+                    watermark=watermark,
+                    fingerprint=config.fingerprint([m.fingerprint for m in self.mappings]),
+                    messages=accounting.messages,
+                    destinations=self.destinations,
+                    run_id=self.run_id,
+                    try_number=self.try_number,
+                )
+                summary["state_generation"] = state.generation
+            summary["report_path"] = upload(
+                report_file,
+                config.report_path,
+                self.location.reports / f"{self.run_tag}.ndjson",
+                accounting.problems_reported,
+            )
+            summary["dry_run_path"] = None
+            if dry_run_file is not None:
+                default = self.location.root / "dry_runs" / f"{self.run_tag}.ndjson"
+                summary["dry_run_path"] = upload(dry_run_file, config.dry_run_path, default, 1)
+        summary.update(
+            sync_mode=config.sync_mode,
+            dry_run=config.dry_run,
+            full_refresh=config.full_refresh,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        return SyncResult(summary, state)
+
+    def _stream(
+        self,
+        detector: ChangeDetector,
+        accounting: SyncAccounting,
+        previous: SyncState | None,
+        dry_run_file: IO[bytes] | None,
+        started: float,
+    ) -> Any:
+        """Read, detect, build, deliver and settle every record; return the watermark to commit."""
+        config, mode = self.config, self.config.mode
+        statement = single_statement(config.sql, self.warehouse)
+        sql, parameters = mode.model_query(
+            statement, config.parameters, previous, config.cursor_column, self.warehouse
+        )
+        sql, parameters = detector.query(sql, parameters)
+        watermark_start = from_xcom(previous.watermark) if previous is not None and mode.uses_cursor else None
+        source = self._source = RecordSource(
+            self.warehouse,
+            sql,
+            parameters,
+            primary_key=config.primary_key,
+            cursor_column=config.cursor_column if mode.uses_cursor else None,
+            accounting=accounting,
+            fetch_size=config.fetch_size,
+            cursor_start=sort_key(watermark_start) if watermark_start is not None else None,
+        )
+        try:
+            columns = source.open()
+            fanout = self._bind(source, detector, columns, accounting)
+            limiter = TokenBucket(config.max_events_per_second) if config.max_events_per_second else None
+            dispatcher = Dispatcher(
+                self.segment_hooks,
+                batch_size=config.batch_size,
+                max_in_flight=config.max_requests_in_flight,
+                rate_limiter=limiter,
+                dry_run_sink=dry_run_file,
+            )
+            progress = Progress(self.log, config.progress_interval_s, started)
+            settle = Settler(accounting, detector, progress, self.raise_if_cancelled)
+            sent_kinds = fanout.kinds_sent
+            upserts_all_sent = {ChangeKind.ADDED, ChangeKind.UPDATED} <= sent_kinds
+            try:
+                for records in source.chunks():
+                    self.raise_if_cancelled()
+                    changes = detector.detect(records)
+                    if not upserts_all_sent:
+                        changes = [change for change in changes if change.kind in sent_kinds]
+                    self.raise_if_cancelled()
+                    detector.write_ahead(changes)
+                    fanout.send(changes, dispatcher.add, settle)
+                    settle(dispatcher.poll())
+                    progress.maybe_log("reading", accounting.rows_read)
+                for deleted in detector.deletions():
+                    if ChangeKind.DELETED in sent_kinds:
+                        self.raise_if_cancelled()
+                        detector.write_ahead(deleted)
+                        fanout.send(deleted, dispatcher.add, settle)
+                    progress.maybe_log("deletes", accounting.rows_read)
+                progress.maybe_log("sending", accounting.rows_read, force=True)
+                self.raise_if_cancelled()
+                settle(dispatcher.flush())
+                self.raise_if_cancelled()
+            finally:
+                dispatcher.close()
+                accounting.requests = dispatcher.requests
+        finally:
+            source.close()
+            self._source = None
+        return detector.watermark(settle.failed_cursor_values)
+
+    def _bind(
+        self, source: RecordSource, detector: ChangeDetector, columns: list[str], accounting: SyncAccounting
+    ) -> MessageFanout:
+        """Check the result's columns against the settings and mappings; bind builders and checksums."""
+        problems = source.column_problems()
+        for mapping in self.mappings:
+            problems.extend(mapping.check_columns(columns))
+        if problems:
+            raise ModelQueryError(
+                "The model's result does not fit the configuration (columns: "
+                + ", ".join(columns)
+                + "):\n- "
+                + "\n- ".join(problems)
+            )
+        builders = {m.name: m.bind(columns) for m in self.mappings}
+        used = sorted(
+            set(range(len(columns)))
+            if any(m.uses_all_columns for m in self.mappings)
+            else {columns.index(c) for m in self.mappings for c in m.columns}
+        )
+        detector.bind(columns, used, "|".join(m.fingerprint for m in self.mappings))
+        return MessageFanout(self.mappings, builders, self.space_conn_ids, self.config.mode, accounting)
+
+    def raise_if_cancelled(self) -> None:
+        """:raises SyncCancelled: :meth:`cancel` was called."""
+        if self._cancelled.is_set():
+            raise SyncCancelled("The task was killed while syncing; no state was committed.")
+
+    def cancel(self) -> None:
+        """
+        Stop the run from another thread (``on_kill``): no more rows are read or messages sent, the
+        model's cursor and the HTTP sessions are closed, and nothing is committed.
+        """
+        self._cancelled.set()
+        source = self._source
+        if source is not None:
+            source.close()
+        for hook in self.segment_hooks.values():
+            hook.close()

@@ -1,0 +1,98 @@
+"""
+Stage 5, settling: what delivery reports about each message goes into the accounting, into the change
+detector's state marks (an undelivered record is sent again next run) and into the incremental watermark
+(held back to the smallest cursor value not delivered), and progress lines go to the task log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_segment_profiles.pipeline.records import ChangeKind, Outcome
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.delivery.dispatcher import Completion
+    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+    from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
+
+
+class Progress:
+    """
+    Progress lines in the task log, at most every ``interval_s`` seconds.
+
+    :param log: the task's logger.
+    :param interval_s: seconds between lines.
+    :param started: ``time.monotonic()`` at the start of the run.
+    """
+
+    def __init__(self, log: Any, interval_s: float, started: float) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self.started = started
+        self.last = started
+        self.delivered = 0
+
+    def maybe_log(self, phase: str, rows_read: int, force: bool = False) -> None:
+        """Log one line when ``interval_s`` has passed since the last (always with ``force``)."""
+        now = time.monotonic()
+        if not force and now - self.last < self.interval_s:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        self.log.info(
+            "phase=%s rows_read=%d messages_delivered=%d rate=%.0f messages/s elapsed=%.0f s",
+            phase,
+            rows_read,
+            self.delivered,
+            self.delivered / elapsed,
+            elapsed,
+        )
+
+
+class Settler:
+    """
+    Settles message completions; call it with each list the dispatcher returns.
+
+    :param accounting: counts each message's outcome.
+    :param detector: receives the unique identifiers of records whose messages failed.
+    :param progress: counts delivered messages.
+    :param check_cancelled: raises when the run was cancelled; called before each settlement.
+    """
+
+    def __init__(
+        self,
+        accounting: SyncAccounting,
+        detector: ChangeDetector,
+        progress: Progress,
+        check_cancelled: Callable[[], None],
+    ) -> None:
+        self.accounting = accounting
+        self.detector = detector
+        self.progress = progress
+        self.check_cancelled = check_cancelled
+        #: Cursor values of records with an undelivered message (incremental mode holds the watermark).
+        self.failed_cursor_values: list[Any] = []
+
+    def __call__(self, completions: Sequence[Completion]) -> None:
+        """Settle ``completions`` (each one's ``ref`` is a :class:`~.records.MessageRef`)."""
+        self.check_cancelled()
+        failed: list[str] = []
+        failed_deletes: list[str] = []
+        count = self.accounting.message
+        delivered = 0
+        for done in completions:
+            ref = done.ref
+            count(ref.mapping, done.outcome, ref.key, done.reason)
+            if done.outcome == Outcome.FAILED:
+                (failed_deletes if ref.kind == ChangeKind.DELETED else failed).append(ref.key)
+                if ref.cursor_value is not None:
+                    self.failed_cursor_values.append(ref.cursor_value)
+            elif done.outcome == Outcome.DELIVERED:
+                delivered += 1
+        self.progress.delivered += delivered
+        if failed:
+            self.detector.mark_failed(failed)
+        if failed_deletes:
+            self.detector.mark_delete_failed(failed_deletes)

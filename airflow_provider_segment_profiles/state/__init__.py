@@ -1,0 +1,1 @@
+"""Where a sync keeps what it knows between runs: the committed head, snapshots, journal, watermark."""

@@ -50,7 +50,7 @@ REQUIRED = {
     "send_subscriptions": (),
 }
 
-#: Segment's labels and types (segment-wire-facts §2).
+#: Segment's labels and types (segmentio/action-destinations ``segment-profiles/send*/generated-types`` and ``index.ts``).
 LABELS = {
     "user_id": ("User ID", ("string",)),
     "anonymous_id": ("Anonymous ID", ("string",)),

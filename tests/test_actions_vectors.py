@@ -1,5 +1,5 @@
 """
-Every test vector of segment-wire-facts §8 (I1-I6, G1-G4, T1-T4, S1-S10, SE1-SE8).
+Every hand-collected test vector of Segment's destination (I1-I6, G1-G4, T1-T4, S1-S10, SE1-SE8).
 
 Each vector's inputs become one record whose columns carry the field values (absent fields are null
 columns), mapped column-for-column, so the vectors exercise the per-record path: empty-value removal,

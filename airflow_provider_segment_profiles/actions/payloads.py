@@ -1,7 +1,7 @@
 """
 Tracking-API messages built from one record's resolved field values, as Segment's Segment Profiles
-destination builds them (segmentio/action-destinations ``segment-profiles/send*/index.ts``; shapes in
-segment-wire-facts §3).
+destination builds them (segmentio/action-destinations ``segment-profiles/send*/index.ts``; the shapes
+are listed in ``docs/mappings.md``, "What every message looks like").
 
 Common to every action:
 
@@ -44,18 +44,20 @@ def consent_context(consent: Any) -> dict[str, Any]:
     return {}
 
 
-def _require_an_id(values: dict[str, Any]) -> None:
-    if "user_id" not in values and "anonymous_id" not in values:
-        raise FieldRejected(_IDS_FIELD, MISSING_IDS)
-
-
-def _identify_or_group(values: dict[str, Any], message_id: str, message_type: str) -> dict[str, Any]:
-    _require_an_id(values)
+def _identified(values: dict[str, Any]) -> dict[str, Any]:
+    """A new message holding ``userId`` and ``anonymousId`` as mapped; at least one is required (E0)."""
     message: dict[str, Any] = {}
     if "user_id" in values:
         message["userId"] = values["user_id"]
     if "anonymous_id" in values:
         message["anonymousId"] = values["anonymous_id"]
+    if not message:
+        raise FieldRejected(_IDS_FIELD, MISSING_IDS)
+    return message
+
+
+def _identify_or_group(values: dict[str, Any], message_id: str, message_type: str) -> dict[str, Any]:
+    message = _identified(values)
     if "group_id" in values:
         message["groupId"] = values["group_id"]
     message["messageId"] = message_id
@@ -91,12 +93,7 @@ def build_track(values: dict[str, Any], message_id: str) -> dict[str, Any]:
 
     :raises FieldRejected: neither ``user_id`` nor ``anonymous_id`` (E0).
     """
-    _require_an_id(values)
-    message: dict[str, Any] = {}
-    if "user_id" in values:
-        message["userId"] = values["user_id"]
-    if "anonymous_id" in values:
-        message["anonymousId"] = values["anonymous_id"]
+    message = _identified(values)
     if "timestamp" in values:
         message["timestamp"] = values["timestamp"]
     message["event"] = values["event_name"]
@@ -119,12 +116,7 @@ def build_subscriptions(values: dict[str, Any], message_id: str) -> dict[str, An
         ``anonymous_id`` — in that order (see :mod:`.subscriptions`).
     """
     subscriptions, external_ids = subscription_context(values)
-    _require_an_id(values)
-    message: dict[str, Any] = {}
-    if "user_id" in values:
-        message["userId"] = values["user_id"]
-    if "anonymous_id" in values:
-        message["anonymousId"] = values["anonymous_id"]
+    message = _identified(values)
     message["traits"] = values.get("traits") or {}
     message["context"] = {
         "messaging_subscriptions": subscriptions,

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected, RecordRejected
@@ -28,6 +27,7 @@ from airflow_provider_segment_profiles.actions.json_values import (
 )
 from airflow_provider_segment_profiles.actions.message_id import derive_message_id, message_id_prefix
 from airflow_provider_segment_profiles.actions.payloads import MESSAGE_BUILDERS
+from airflow_provider_segment_profiles.actions.rows import values_getter
 from airflow_provider_segment_profiles.actions.timestamps import format_datetime, normalize_timestamp
 from airflow_provider_segment_profiles.actions.value_forms import (
     ColumnForm,
@@ -40,14 +40,11 @@ from airflow_provider_segment_profiles.actions.value_forms import (
     iter_star_forms,
     parse_json_text,
 )
+from airflow_provider_segment_profiles.delivery.limits import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.actions.registry import ActionSpec, FieldSpec
 
-#: Segment's tracking API accepts at most 32 KB per event (segment-docs
-#: ``connections/sources/catalog/libraries/server/http-api/index.md``, "Max request size"); analytics-python
-#: uses 32 << 10 bytes (``consumer.py`` ``MAX_MSG_SIZE``). Measured on the compact UTF-8 encoding.
-MAX_MESSAGE_BYTES = 32 * 1024
 
 _UNEXPECTED_DATA_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, UnicodeError, AttributeError)
 
@@ -278,7 +275,7 @@ class RecordBuilder:
         # Whether a float can reach a message other than straight from a row value (a literal, parsed
         # JSON text): then every message takes encode_json_bytes' own check of its float text.
         self._check_floats = any(_may_add_floats(form) for _key, form in forms)
-        self._read_values = _values_getter(sorted({index_of[column] for column in read}))
+        self._read_values = values_getter(sorted({index_of[column] for column in read}))
 
     def build(self, row: Sequence[Any], *, primary_key: str, checksum: str) -> BuiltMessage:
         """
@@ -387,15 +384,6 @@ def _floats_written_alike(values: Sequence[Any]) -> bool:
         elif value_type not in _PLAIN_TYPES:
             return False
     return True
-
-
-def _values_getter(indexes: list[int]) -> Callable[[Sequence[Any]], Sequence[Any]]:
-    if len(indexes) >= 2:
-        return itemgetter(*indexes)
-    if len(indexes) == 1:
-        (index,) = indexes
-        return lambda row: (row[index],)
-    return lambda row: ()
 
 
 def _may_add_floats(form: Form) -> bool:

@@ -2,7 +2,7 @@
 Send Subscriptions: status parsing, Segment's eight validation rules, and the ``context`` it builds.
 
 Reproduces segmentio/action-destinations ``segment-profiles/sendSubscription/index.ts`` (HEAD
-``970a17ee8d``) as recorded in segment-wire-facts §3, with the documented deliberate differences:
+``970a17ee8d``), with the deliberate differences listed in ``docs/mappings.md``:
 
 * a status that is not one of the accepted words rejects the record (Segment sends ``"INVALID"``,
   which Engage cannot apply), after Segment's own rules SV1-SV8 have run in their order;
@@ -68,7 +68,7 @@ STATUS_FIELDS = (
 )
 _STATUS_LABELS = {status: label for _, _, statuses in CHANNELS for status, _, label in statuses}
 
-# Segment's error texts (segment-profiles/errors.ts), rules SV1-SV8 of segment-wire-facts §3.
+# Segment's error texts (segment-profiles/errors.ts), in the order ``sendSubscription/index.ts`` checks them (SV1-SV8).
 SV1 = "Either `Email` or `Phone` or `Android_Push_Token` or `Ios_Push_Token` must be defined."
 SV2 = (
     "If any of `Email`, `Phone`, `Android_Push_Token` or `Ios_Push_Token` is present, "

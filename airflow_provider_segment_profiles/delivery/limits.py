@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-#: Largest single message Segment accepts, in UTF-8 bytes of its JSON.
+#: Largest single message Segment accepts, in UTF-8 bytes of its compact JSON; analytics-python uses the same
+#: 32 << 10 bytes (``consumer.py`` ``MAX_MSG_SIZE``).
 MAX_MESSAGE_BYTES = 32 * 1024
 #: Most events Segment accepts in one ``/v1/batch`` request.
 MAX_BATCH_MESSAGES = 2500

@@ -42,10 +42,3 @@ class DeliveryResult:
     def total(self) -> int:
         """Number of messages accounted for."""
         return len(self.delivered) + len(self.rejected) + len(self.failed)
-
-    def absorb(self, other: DeliveryResult, index_map: list[int] | range) -> None:
-        """Add ``other``'s outcomes, translating its indexes through ``index_map`` (its index -> ours)."""
-        self.delivered.extend(index_map[i] for i in other.delivered)
-        self.rejected.extend(MessageProblem(index_map[p.index], p.reason) for p in other.rejected)
-        self.failed.extend(MessageProblem(index_map[p.index], p.reason) for p in other.failed)
-        self.requests += other.requests

@@ -43,7 +43,7 @@ class SyncAccounting:
     records: Counter[str] = field(default_factory=Counter)
     warnings: int = 0
     requests: int = 0
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    rejected_samples: list[dict[str, Any]] = field(default_factory=list)
     failed_samples: list[dict[str, Any]] = field(default_factory=list)
     problems_reported: int = 0
 
@@ -85,7 +85,11 @@ class SyncAccounting:
         self.problems_reported += 1
         outcome = entry["outcome"]
         target = (
-            self.samples if outcome == "rejected" else self.failed_samples if outcome == "failed" else None
+            self.rejected_samples
+            if outcome == "rejected"
+            else self.failed_samples
+            if outcome == "failed"
+            else None
         )
         if target is not None and len(target) < MAX_SAMPLES:
             target.append({k: v for k, v in entry.items() if k != "outcome"})
@@ -132,7 +136,7 @@ class SyncAccounting:
                 name: {"delivered": t.delivered, "rejected": t.rejected, "failed": t.failed}
                 for name, t in self.mappings.items()
             },
-            "rejected_samples": list(self.samples),
+            "rejected_samples": list(self.rejected_samples),
             "failed_samples": list(self.failed_samples),
             "warnings": self.warnings,
             "requests": self.requests,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from hashlib import blake2b
-from operator import itemgetter
 from typing import Any
+
+from airflow_provider_segment_profiles.actions.rows import values_getter
 
 
 def record_key(value: Any) -> str | None:
@@ -46,23 +47,13 @@ class Checksummer:
         # Keying BLAKE2b hashes the key as a whole first block; hashing it once and copying the keyed
         # state per record gives the same digests at about half the cost (docs/benchmarks.md).
         self._keyed = blake2b(digest_size=8, key=self._seed)
-        self._values = _tuple_getter(self._indexes)
+        self._values = values_getter(self._indexes)
 
     def __call__(self, row: Sequence[Any]) -> int:
         """Checksum of ``row`` as a signed 64-bit integer (fits an SQLite INTEGER)."""
         hasher = self._keyed.copy()
         hasher.update(repr(self._values(row)).encode("utf-8", "surrogatepass"))
         return int.from_bytes(hasher.digest(), "big", signed=True)
-
-
-def _tuple_getter(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """``row -> tuple(row[i] for i in indexes)``, at C speed for two or more indexes."""
-    if len(indexes) >= 2:
-        return itemgetter(*indexes)
-    if len(indexes) == 1:
-        (index,) = indexes
-        return lambda row: (row[index],)
-    return lambda row: ()
 
 
 def checksum_hex(checksum: int) -> str:

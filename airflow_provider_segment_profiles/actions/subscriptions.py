@@ -87,9 +87,19 @@ SV8 = (
 )
 
 
+#: What JavaScript's ``String.prototype.trim`` removes, which Segment's ``getStatus`` calls: ECMA-262
+#: WhiteSpace (TAB, VT, FF, SP, NBSP, ZWNBSP U+FEFF, category Zs) and LineTerminator (LF, CR, U+2028,
+#: U+2029). Python's ``str.strip()`` differs: it also removes U+001C-U+001F and U+0085, and keeps U+FEFF.
+JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
 def parse_status(value: Any) -> str | None:
     """
-    Segment's ``getStatus``: trim, lower-case, then map the accepted words.
+    Segment's ``getStatus``: trim (JavaScript's :data:`JS_WHITESPACE`), lower-case, then map the
+    accepted words.
 
     :param value: the status text (``None`` allowed).
     :return: ``SUBSCRIBED``/``UNSUBSCRIBED``/``DID_NOT_SUBSCRIBE``; ``None`` for missing or blank text
@@ -97,7 +107,7 @@ def parse_status(value: Any) -> str | None:
     """
     if value is None:
         return None
-    text = value.strip().lower()
+    text = value.strip(JS_WHITESPACE).lower()
     if not text:
         return None
     return _STATUS_WORDS.get(text, INVALID)

@@ -6,9 +6,13 @@ Reproduces segmentio/action-destinations ``segment-profiles/sendSubscription/ind
 
 * a status that is not one of the accepted words rejects the record (Segment sends ``"INVALID"``,
   which Engage cannot apply), after Segment's own rules SV1-SV8 have run in their order;
-* the iOS push entry reads ``ios_push_subscription_status`` (and the iOS token);
+* a list in a status field rejects the record (Segment's validator takes some one-item lists and
+  refuses others; see ``record_builder``);
 * a record needs ``user_id`` or ``anonymous_id``, checked last (the tracking API drops calls with
   neither; Segment's destination does not check).
+
+The iOS push entry reads ``ios_push_subscription_status``, as ``@segment/action-destinations`` 3.497.0
+does (``tests/test_differential_segment.py`` runs it).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ Python value (as DB-API drivers give)  JSON sent
 ``timedelta``                          its total seconds as a number.
 ``UUID``, IP addresses                 their canonical text.
 ``bytes``/``bytearray``/``memoryview`` standard base64 text with padding.
-``dict`` (JSON/JSONB, DuckDB STRUCT)   converted recursively; non-text keys become their JSON text.
+``dict`` (JSON/JSONB, DuckDB STRUCT)   converted recursively; non-text keys become their JSON text. A
+                                       key named ``__proto__`` is dropped with a warning, as Segment's
+                                       pipeline drops it.
 ``list``/``tuple``/``set``             arrays, converted recursively; sets are sorted when sortable.
 ``Enum``                               its ``value``, converted.
 anything else                          ``str(value)`` plus a warning.
@@ -234,6 +236,8 @@ def json_object(value: Mapping, path: str, warnings: list[str], depth: int = 0) 
     """
     if depth >= MAX_NESTING_DEPTH:
         raise FieldRejected(path, f"nested deeper than {MAX_NESTING_DEPTH} levels")
+    if "__proto__" in value:
+        value = _without_proto_key(value, path, warnings)
     copy: dict[str, Any] | None = None if type(value) is dict else {}
     for index, (key, item) in enumerate(value.items()):
         item_type = type(item)
@@ -255,6 +259,16 @@ def json_object(value: Mapping, path: str, warnings: list[str], depth: int = 0) 
             copy = dict(islice(value.items(), index))
         copy[text_key] = converted
     return value if copy is None else copy  # type: ignore[return-value]
+
+
+#: Segment's actions-core copies every resolved object with ``Object.assign`` (``remove-undefined.ts``),
+#: whose assignment to ``__proto__`` sets the prototype instead of a key, so Segment never sends one.
+PROTO_KEY_DROPPED = "dropped: Segment's pipeline cannot carry a key named __proto__"
+
+
+def _without_proto_key(value: Mapping, path: str, warnings: list[str]) -> dict[str, Any]:
+    warnings.append(f"{join_path(path, '__proto__')}: {PROTO_KEY_DROPPED}")
+    return {key: item for key, item in value.items() if key != "__proto__"}
 
 
 def json_array(value: list | tuple, path: str, warnings: list[str], depth: int = 0) -> list[Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected, MappingConfigError
@@ -187,6 +187,11 @@ class CompiledMapping:
                     problems.append(
                         f"{self._label()} at {path}.exclude: column {column!r} is not in the query result"
                     )
+            if counts["__proto__"] and "__proto__" not in star.exclude:
+                problems.append(
+                    f'{self._label()} at {path}: "columns": "*" would take the column named \'__proto__\', '
+                    "which never reaches Segment (its pipeline drops that key); exclude or alias it"
+                )
             duplicates = sorted(
                 column for column, n in counts.items() if n > 1 and column not in star.exclude
             )
@@ -356,6 +361,9 @@ class _MappingCompiler:
                     f"(fields: {', '.join(spec.fields)})",
                 )
                 continue
+            if _report_proto_keys(raw_form, field_path, self.report):
+                broken.add(key)
+                continue
             form = parse_field_form(raw_form, field_path, key, self.report, is_object=field_spec.is_object)
             if form is None or (
                 isinstance(form, LiteralForm)
@@ -452,6 +460,31 @@ class _MappingCompiler:
                 self.report(
                     path, 'a \'deleted\' mapping cannot use "columns": "*": a deleted record has no values'
                 )
+
+
+_PROTO_KEY_PROBLEM = (
+    "a key named '__proto__' never reaches Segment: its pipeline copies objects with JavaScript's "
+    "Object.assign, which turns that key into the object's prototype; rename it"
+)
+
+
+def _report_proto_keys(raw: Any, path: str, report: Callable[[str, str], None]) -> bool:
+    """Report every ``__proto__`` key a field's form would send (object keys, ``columns`` names)."""
+    found = False
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key == "__proto__":
+                report(join_path(path, key), _PROTO_KEY_PROBLEM)
+                found = True
+            elif key == "columns" and isinstance(value, list | tuple) and "__proto__" in value:
+                report(join_path(path, key), f"{_PROTO_KEY_PROBLEM} (alias the column)")
+                found = True
+            else:
+                found = _report_proto_keys(value, join_path(path, str(key)), report) or found
+    elif isinstance(raw, list | tuple):
+        for index, item in enumerate(raw):
+            found = _report_proto_keys(item, f"{path}[{index}]", report) or found
+    return found
 
 
 def _is_empty_literal(form: Form) -> bool:

@@ -35,9 +35,11 @@ def mapping_fingerprint(definition: dict[str, Any]) -> str:
     """
     Stable hash of a normalised mapping definition: 32 hex digits of SHA-256 over its canonical JSON
     (sorted keys, compact separators). Equal definitions give equal fingerprints in every process.
+    An unpaired surrogate in a literal (which UTF-8 cannot encode) is hashed as its code unit, as
+    :func:`derive_message_id` does for keys.
     """
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def message_id_prefix(fingerprint: str, change: str) -> bytes:

@@ -28,6 +28,7 @@ from airflow_provider_segment_profiles.actions.json_values import (
 from airflow_provider_segment_profiles.actions.message_id import derive_message_id, message_id_prefix
 from airflow_provider_segment_profiles.actions.payloads import MESSAGE_BUILDERS
 from airflow_provider_segment_profiles.actions.rows import values_getter
+from airflow_provider_segment_profiles.actions.subscriptions import ACCEPTED_STATUS_TEXT
 from airflow_provider_segment_profiles.actions.timestamps import format_datetime, normalize_timestamp
 from airflow_provider_segment_profiles.actions.value_forms import (
     ColumnForm,
@@ -98,6 +99,8 @@ def _text_resolver(index: int, spec: FieldSpec) -> Resolver:
                 return value if value else MISSING
             if value is None:
                 return None
+            if isinstance(value, list | tuple):
+                raise FieldRejected(path, _status_list_reason(value))
             value = coerce_to_nullable_string(value, path, warnings)
             if value is MISSING or check(value):
                 return value
@@ -172,6 +175,15 @@ def _object_column_resolver(form: ColumnForm, index: int) -> Resolver:
     return resolve
 
 
+def _status_list_reason(value: Any) -> str:
+    # Segment's validator (Ajv, coerceTypes "array", type ["string", "null"]) takes some one-item lists
+    # ([true] subscribes) and rejects others (["true"]); a list is one text value in no reading.
+    return (
+        f"a list ({value!r}) is not a subscription status: expected {ACCEPTED_STATUS_TEXT} as text, "
+        "or null/empty for no change"
+    )
+
+
 def literal_field_value(spec: FieldSpec, value: Any, warnings: list[str]) -> Any:
     """
     A literal top-level value as the record pipeline would leave it (coerced, normalised), or
@@ -183,6 +195,8 @@ def literal_field_value(spec: FieldSpec, value: Any, warnings: list[str]) -> Any
         normalised = normalize_timestamp(value, warnings, spec.key)
         return MISSING if normalised is None else normalised
     if spec.is_text:
+        if spec.allows_null and isinstance(value, list | tuple):
+            raise FieldRejected(spec.key, _status_list_reason(value))
         coerce = coerce_to_nullable_string if spec.allows_null else coerce_to_string
         return coerce(value, spec.key, warnings)
     if value is None or (isinstance(value, str) and not value):

@@ -154,12 +154,21 @@ def _describe_error(error: ValidationError) -> tuple[str, str]:
         words = [
             _TYPE_WORDS.get(name, name) for name in ([expected] if isinstance(expected, str) else expected)
         ]
-        return field_path, f"The value at /{path} must be {' or '.join(words)}."
+        return field_path, f"The value at /{path} must be {' or '.join(words)}, not {_shown(error.instance)}."
     if error.validator == "maxLength":
-        return field_path, f"The value at /{path} must be at most {error.validator_value} characters long."
+        return field_path, (
+            f"The value at /{path} must be at most {error.validator_value} characters long, not "
+            f"{len(error.instance)}: {_shown(error.instance)}."
+        )
     if error.validator == "additionalProperties":
         return field_path, f"The root value has an unexpected property: {error.message}"
     return field_path, f"The value at /{path} is invalid: {error.message}"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """The rejected value as ``repr`` shows it, cut to ``limit`` characters (values can be 32 KB)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _field_spec(key: str, subschema: dict[str, Any], required: bool) -> FieldSpec:

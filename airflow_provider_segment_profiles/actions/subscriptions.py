@@ -6,13 +6,18 @@ Reproduces segmentio/action-destinations ``segment-profiles/sendSubscription/ind
 
 * a status that is not one of the accepted words rejects the record (Segment sends ``"INVALID"``,
   which Engage cannot apply), after Segment's own rules SV1-SV8 have run in their order;
-* the iOS push entry reads ``ios_push_subscription_status`` (and the iOS token);
+* a list in a status field rejects the record (Segment's validator takes some one-item lists and
+  refuses others; see ``record_builder``);
 * a record needs ``user_id`` or ``anonymous_id``, checked last (the tracking API drops calls with
   neither; Segment's destination does not check).
+
+The iOS push entry reads ``ios_push_subscription_status``, as ``@segment/action-destinations`` 3.497.0
+does (``tests/test_differential_segment.py`` runs it).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,9 +92,21 @@ SV8 = (
 )
 
 
+#: What JavaScript's ``String.prototype.trim`` removes, which Segment's ``getStatus`` calls: ECMA-262
+#: WhiteSpace (TAB, VT, FF, SP, NBSP, ZWNBSP U+FEFF, category Zs) and LineTerminator (LF, CR, U+2028,
+#: U+2029). Python's ``str.strip()`` differs: it also removes U+001C-U+001F and U+0085, and keeps U+FEFF.
+JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
+_MAX_ARRAY_INDEX = 2**32 - 2
+
+
 def parse_status(value: Any) -> str | None:
     """
-    Segment's ``getStatus``: trim, lower-case, then map the accepted words.
+    Segment's ``getStatus``: trim (JavaScript's :data:`JS_WHITESPACE`), lower-case, then map the
+    accepted words.
 
     :param value: the status text (``None`` allowed).
     :return: ``SUBSCRIBED``/``UNSUBSCRIBED``/``DID_NOT_SUBSCRIBE``; ``None`` for missing or blank text
@@ -97,7 +114,7 @@ def parse_status(value: Any) -> str | None:
     """
     if value is None:
         return None
-    text = value.strip().lower()
+    text = value.strip(JS_WHITESPACE).lower()
     if not text:
         return None
     return _STATUS_WORDS.get(text, INVALID)
@@ -189,10 +206,28 @@ def subscription_context(values: Mapping[str, Any]) -> tuple[list[dict[str, Any]
     return subscriptions, external_ids
 
 
+def _is_array_index(name: str) -> bool:
+    return _ARRAY_INDEX.fullmatch(name) is not None and int(name) <= _MAX_ARRAY_INDEX
+
+
+def _js_key_order(groups: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """
+    ``Object.entries`` order, in which Segment lists the groups: keys that are array indexes (canonical
+    integers 0 to 2^32 - 2) first in ascending order, then the others in insertion order (ECMA-262
+    OrdinaryOwnPropertyKeys).
+    """
+    items = list(groups.items())
+    if not any(name[:1].isdigit() and _is_array_index(name) for name, _ in items):
+        return items
+    indexes = sorted((item for item in items if _is_array_index(item[0])), key=lambda item: int(item[0]))
+    return indexes + [item for item in items if not _is_array_index(item[0])]
+
+
 def _email_groups(groups: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``[{name, status}]`` from ``{name: status}`` (``getStatus(String(v))``); a blank status has no key."""
+    """``[{name, status}]`` from ``{name: status}`` (``getStatus(String(v))``) in JavaScript's key order;
+    a blank status has no key."""
     entries = []
-    for name, group_status in groups.items():
+    for name, group_status in _js_key_order(groups):
         status = parse_status(js_string(group_status))
         if status == INVALID:
             raise FieldRejected(

@@ -161,6 +161,11 @@ def _parse_timestamp_text(text: str, original: str, field: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
+        pass
+    try:
+        # RFC 3339 (section 5.6) allows a lower-case "t" and "z"; fromisoformat reads only "Z".
+        return datetime.fromisoformat(text.upper())
+    except ValueError:
         raise FieldRejected(
             field,
             f"cannot parse {original!r} as a timestamp: expected ISO-8601 text such as "

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from airflow_provider_segment_profiles.actions import CompiledMapping, RecordBuilder, RecordRejected
-from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome, new
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.dispatcher import Completion
@@ -65,22 +65,19 @@ class MessageFanout:
         accounting = self.accounting
         tallies = accounting.mappings
         targets = self._targets
-        for change in changes:
-            row = change.row
-            for name, builder, space in targets[change.kind]:
+        for kind, key, row, token, _version, cursor_value in changes:
+            for name, builder, space in targets[kind]:
                 tallies[name].selected += 1
                 try:
                     if row is None:
-                        built = builder.build_deleted(change.key, checksum=change.token)
+                        built = builder.build_deleted(key, checksum=token)
                     else:
-                        built = builder.build(row, primary_key=change.key, checksum=change.token)
+                        built = builder.build(row, primary_key=key, checksum=token)
                 except RecordRejected as rejection:
-                    accounting.message(name, Outcome.REJECTED, change.key, rejection.reason, rejection.field)
+                    accounting.message(name, Outcome.REJECTED, key, rejection.reason, rejection.field)
                     continue
                 if built.warnings:
-                    accounting.warn(name, change.key, built.warnings)
-                completions = add(
-                    space, built.encoded, MessageRef(change.key, name, change.kind, change.cursor_value)
-                )
+                    accounting.warn(name, key, built.warnings)
+                completions = add(space, built.encoded, new(MessageRef, (key, name, kind, cursor_value)))
                 if completions:  # usually empty: most messages only join a batch
                     settle(completions)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_segment_profiles.exceptions import WatermarkError
 from airflow_provider_segment_profiles.pipeline.detection.checksum import record_key
 from airflow_provider_segment_profiles.pipeline.reader import ModelReader
-from airflow_provider_segment_profiles.pipeline.records import Record
+from airflow_provider_segment_profiles.pipeline.records import Record, new
 from airflow_provider_segment_profiles.state.watermark import sort_key
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class RecordSource:
                     accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
                 elif cursor_index is None:
                     seen.add(key)
-                    records.append(Record(row, key))
+                    records.append(new(Record, (row, key, None, None)))
                 else:
                     record = self._with_cursor(row, key, row[cursor_index])
                     if record is not None:

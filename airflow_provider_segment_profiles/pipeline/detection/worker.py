@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, checksum_hex
-from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.journal import SendJournal
 from airflow_provider_segment_profiles.state.snapshot import SnapshotStore, prepare_previous
@@ -114,8 +114,8 @@ class WorkerChangeDetector:
         )
         classify = self.mode.classify
         token = self.mode.change_token
-        counts = self.accounting.records
         changes: list[Change] = []
+        unchanged = added = 0
         max_key = self._max_cursor_key
         for record, checksum, lookup in zip(records, checksums, lookups, strict=True):
             if lookup is None:
@@ -123,24 +123,27 @@ class WorkerChangeDetector:
                     record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
                 )
                 continue
+            row, key, cursor_value, cursor_key = record
             held, known, version, uncertain = lookup
             kind = classify(known, held, checksum, uncertain)
-            counts[kind] += 1
-            if record.cursor_key is not None and (max_key is None or record.cursor_key > max_key):
-                max_key = record.cursor_key
-                self._max_cursor = record.cursor_value
-            if kind is not _UNCHANGED:
+            if cursor_key is not None and (max_key is None or cursor_key > max_key):
+                max_key = cursor_key
+                self._max_cursor = cursor_value
+            if kind is _UNCHANGED:
+                unchanged += 1
+            else:
+                added += kind is _ADDED
                 changes.append(
-                    Change(
-                        kind,
-                        record.key,
-                        record.row,
-                        token(checksum_hex(checksum), version),
-                        version,
-                        record.cursor_value,
+                    new(
+                        Change,
+                        (kind, key, row, token(checksum_hex(checksum), version), version, cursor_value),
                     )
                 )
         self._max_cursor_key = max_key
+        counts = self.accounting.records
+        counts[_UNCHANGED] += unchanged
+        counts[_ADDED] += added
+        counts[_UPDATED] += len(changes) - added
         return changes
 
     def write_ahead(self, changes: Sequence[Change]) -> None:

@@ -93,3 +93,27 @@ def test_airflow_lists_one_import_error_naming_every_problem(tmp_path):
     assert "mappings[1].fields.colour: unknown field" in text
     assert "required field 'group_id'" in text
     assert "required field 'event_name'" in text
+
+
+@pytest.mark.parametrize(
+    ("rendered", "expected"),
+    [("True", True), ("false", False), (" yes ", True), ("0", False), (True, True), (0, False)],
+)
+def test_full_refresh_and_dry_run_render_from_templates_to_booleans(rendered, expected):
+    op = make(full_refresh="{{ params.full_refresh }}", dry_run="{{ params.dry_run }}")
+    assert {"full_refresh", "dry_run"} <= set(op.template_fields)
+    op.render_template_fields({"params": {"full_refresh": rendered, "dry_run": rendered}})
+    config = op._config()
+    assert (config.full_refresh, config.dry_run) == (expected, expected)
+
+
+def test_a_template_that_renders_to_no_boolean_is_a_configuration_error():
+    op = make(full_refresh="{{ params.full_refresh }}")
+    op.render_template_fields({"params": {"full_refresh": "maybe"}})
+    with pytest.raises(ValueError, match=r"full_refresh must be a boolean .* not 'maybe'"):
+        op._config()
+
+
+def test_a_literal_that_is_no_boolean_fails_at_parse_time():
+    with pytest.raises(ValueError, match="dry_run must be a boolean"):
+        make(dry_run="sometimes")

@@ -155,17 +155,28 @@ class AirflowDeployment:
             self.wait_for(self._api_answers, f"the api-server to answer on {self.base_url}")
 
     def stop(self) -> None:
-        """Stop every component started here, with its task processes; kill what outlives 20 s."""
+        """
+        Stop every component started here and every process it started; kill what outlives 20 s.
+
+        Each component leads its own session. LocalExecutor's task processes stay in that session but
+        get process groups of their own, so the session is what finds them.
+        """
         for process in self._processes.values():
             if process.poll() is None:
-                _signal_group(process, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in self._processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            # The group also holds LocalExecutor's workers and their task processes.
-            _signal_group(process, signal.SIGKILL)
+        for process in self._processes.values():
+            for pid in _session_members(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.wait()
+        deadline = time.monotonic() + 10
+        while any(_session_members(p.pid) for p in self._processes.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.log"
@@ -237,9 +248,18 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
+def _session_members(session_id: int) -> list[int]:
+    """Ids of the live processes in a session (from ``/proc``; the session id is its leader's pid)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        # After the command name: state, ppid, pgrp, session.
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def copy_tree(source: Path, target: Path) -> Path:

@@ -7,6 +7,9 @@ from typing import Any
 from airflow_provider_segment_profiles import __version__
 from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS
 
+#: The emulator's port in docs/emulator.md; 8080 is Airflow's own API server.
+EMULATOR_EXAMPLE_URL = "http://127.0.0.1:8765/v1"
+
 #: The form Airflow shows for a ``segment_profiles`` connection. Declared here (Airflow >= 3.2 reads it
 #: without importing the hook); :class:`SegmentProfilesHook` returns the same through its classmethods
 #: for Airflow 3.1.
@@ -15,15 +18,36 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "relabeling": {"password": "Write Key", "host": "Host"},
     "placeholders": {
         "password": "write key of the Profile Space's source",
-        "host": "optional base URL override ending in /v1, e.g. http://127.0.0.1:8080/v1",
+        "host": f"optional override, e.g. {EMULATOR_EXAMPLE_URL} (emulator)",
     },
 }
+
+#: Title of the form section that holds the region. Airflow 3.2+ shows a field's ``section`` as a
+#: collapsed heading in place of the generic "Extra Fields", so the region and its default are named on
+#: the form without opening anything.
+REGION_SECTION = "Endpoint Region: north_america unless you choose europe"
+
+#: Shown under the Endpoint Region dropdown.
+REGION_DESCRIPTION = (
+    "Region of the Segment workspace that holds the Profile Space: north_america (api.segment.io) or "
+    "europe (events.eu1.segmentapis.com). Segment answers 200 to events sent to the other region's API "
+    "and drops them, so check this choice."
+)
 
 CONN_FIELDS: dict[str, Any] = {
     "region": {
         "label": "Endpoint Region",
-        "description": "Region of the Segment workspace whose tracking API receives the calls.",
-        "schema": {"type": "string", "enum": sorted(REGIONS), "default": DEFAULT_REGION},
+        "description": REGION_DESCRIPTION,
+        "schema": {
+            "type": "string",
+            "enum": sorted(REGIONS),
+            "default": DEFAULT_REGION,
+            "section": REGION_SECTION,
+            "values_display": {
+                "north_america": "north_america (api.segment.io)",
+                "europe": "europe (events.eu1.segmentapis.com)",
+            },
+        },
     }
 }
 

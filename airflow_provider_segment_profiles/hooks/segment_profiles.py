@@ -30,7 +30,7 @@ from airflow_provider_segment_profiles.delivery.retry import (
     RetryPolicy,
     parse_retry_after,
 )
-from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS, base_url_for_region
+from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, base_url_for_region
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
@@ -108,20 +108,28 @@ class SegmentProfilesHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The Endpoint Region dropdown, for Airflow versions that build the form from wtforms."""
+        """
+        The Endpoint Region field, for Airflow 3.1 (3.2+ reads ``conn-fields`` from the provider info).
+
+        Airflow 3.1 turns only wtforms ``StringField``, ``PasswordField``, ``IntegerField`` and
+        ``BooleanField`` into UI fields and drops the whole connection type when a hook returns any other
+        class (a ``SelectField`` made the type vanish); an ``any_of`` validator becomes the dropdown's
+        choices.
+        """
+        from airflow_provider_segment_profiles.get_provider_info import CONN_FIELDS
+
         try:
-            from flask_appbuilder.fieldwidgets import Select2Widget
-            from flask_babel import lazy_gettext
-            from wtforms import SelectField
-        except ImportError:  # no FAB UI installed: Airflow 3.2+ uses conn-fields from provider info
+            from wtforms import StringField
+            from wtforms.validators import any_of
+        except ImportError:  # no wtforms: Airflow 3.1 builds no form from the hook
             return {}
-        choices = [(name, name) for name in sorted(REGIONS)]
+        region = CONN_FIELDS["region"]
         return {
-            "region": SelectField(
-                lazy_gettext("Endpoint Region"),
-                choices=choices,
-                default=DEFAULT_REGION,
-                widget=Select2Widget(),
+            "region": StringField(
+                region["label"],
+                validators=[any_of(region["schema"]["enum"])],
+                description=region["description"],
+                default=region["schema"]["default"],
             )
         }
 

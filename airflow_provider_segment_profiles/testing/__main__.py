@@ -3,7 +3,7 @@ Serve a :class:`~airflow_provider_segment_profiles.testing.SegmentEmulator` from
 
 Usage::
 
-    python -m airflow_provider_segment_profiles.testing --port 8080 --write-key KEY [--strict] [--latency 0.05]
+    python -m airflow_provider_segment_profiles.testing --port 8765 --write-key KEY [--strict] [--latency 0.05]
 
 It prints one line with the base URL once it listens, serves until SIGINT or SIGTERM, then prints one
 line with the counts and exits 0. Write keys are never printed.

@@ -1,0 +1,100 @@
+"""The connection form's declarations, as each supported Airflow version reads them.
+
+Airflow >= 3.2 builds the form from the provider info's ``conn-fields``/``ui-field-behaviour``; Airflow 3.1
+calls the hook's classmethods under the api-server's stand-ins for wtforms and keeps a hook only when every
+field is one of the four classes it converts (``HookMetaService`` in
+``airflow/api_fastapi/core_api/services/ui/connections.py``, the same in 3.1.8 and 3.3.2). The browser test
+(``test_ui_connection_form.py``) checks the rendered form on the installed Airflow.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+from unittest import mock
+
+from airflow_provider_segment_profiles.get_provider_info import get_provider_info
+from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS
+from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+_WTFORMS_MODULES = [
+    "wtforms",
+    "wtforms.fields",
+    "wtforms.fields.simple",
+    "wtforms.validators",
+    "flask_babel",
+    "flask_appbuilder",
+    "flask_appbuilder.fieldwidgets",
+]
+
+
+def _missing(module: str) -> bool:
+    try:
+        return find_spec(module) is None
+    except ModuleNotFoundError:
+        return True
+
+
+def _form_widgets_as_the_api_server_builds_them() -> tuple[dict, tuple[type, ...]]:
+    """Call the hook's classmethod with the api-server's wtforms stand-ins in place."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService as meta
+
+    stand_ins = {name: mock.MagicMock() for name in _WTFORMS_MODULES if _missing(name)}
+    with (
+        mock.patch.dict(sys.modules, stand_ins),
+        mock.patch("wtforms.StringField", meta.MockStringField),
+        mock.patch("wtforms.IntegerField", meta.MockIntegerField),
+        mock.patch("wtforms.PasswordField", meta.MockPasswordField),
+        mock.patch("wtforms.BooleanField", meta.MockBooleanField),
+        mock.patch("wtforms.validators.any_of", meta.MockEnum),
+    ):
+        widgets = SegmentProfilesHook.get_connection_form_widgets()
+    allowed = (meta.MockIntegerField, meta.MockPasswordField, meta.MockStringField, meta.MockBooleanField)
+    return widgets, allowed
+
+
+def test_airflow_3_1_gets_only_field_classes_it_supports():
+    widgets, allowed = _form_widgets_as_the_api_server_builds_them()
+    assert set(widgets) == {"region"}
+    for name, widget in widgets.items():
+        assert widget.field_class in allowed, f"{name} is a {widget.field_class!r}"
+    param = widgets["region"].param.dump()
+    assert param["schema"]["title"] == "Endpoint Region"
+    assert param["schema"]["enum"] == sorted(REGIONS)
+    assert param["value"] == DEFAULT_REGION
+
+
+def test_both_form_declarations_describe_the_same_fields():
+    (conn_type,) = get_provider_info()["connection-types"]
+    declared = conn_type["conn-fields"]["region"]
+    widgets, _ = _form_widgets_as_the_api_server_builds_them()
+    param = widgets["region"].param.dump()
+    assert param["schema"]["title"] == declared["label"]
+    assert param["description"] == declared["description"]
+    assert param["schema"]["enum"] == declared["schema"]["enum"]
+    assert param["value"] == declared["schema"]["default"]
+    behaviour = SegmentProfilesHook.get_ui_field_behaviour()
+    assert behaviour["placeholders"] == conn_type["ui-field-behaviour"]["placeholders"]
+    assert behaviour["hidden_fields"] == conn_type["ui-field-behaviour"]["hidden-fields"]
+
+
+def test_the_region_section_names_every_region_and_the_default():
+    (conn_type,) = get_provider_info()["connection-types"]
+    schema = conn_type["conn-fields"]["region"]["schema"]
+    assert "Endpoint Region" in schema["section"]
+    assert DEFAULT_REGION in schema["section"]
+    assert all(region in schema["section"] for region in REGIONS)
+    assert set(schema["values_display"]) == set(REGIONS)
+    for region, shown in schema["values_display"].items():
+        assert shown.startswith(region)
+        assert REGIONS[region].removeprefix("https://").removesuffix("/v1") in shown
+
+
+def test_host_placeholder_uses_the_emulators_documented_port():
+    documented = re.search(r"testing --port (\d+)", (DOCS / "emulator.md").read_text()).group(1)
+    placeholder = SegmentProfilesHook.get_ui_field_behaviour()["placeholders"]["host"]
+    assert f"http://127.0.0.1:{documented}/v1" in placeholder
+    assert ":8080" not in placeholder  # Airflow's own API server

@@ -65,7 +65,7 @@ class MessageFanout:
         accounting = self.accounting
         tallies = accounting.mappings
         targets = self._targets
-        for kind, key, row, token, _version, cursor_value in changes:
+        for kind, key, row, token, _version, cursor_value, _pending in changes:
             for name, builder, space in targets[kind]:
                 tallies[name].selected += 1
                 try:

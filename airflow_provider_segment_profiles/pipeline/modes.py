@@ -44,6 +44,10 @@ class SyncMode:
     :ivar journals_sends: whether a try writes the send journal before each chunk (see
         :mod:`~airflow_provider_segment_profiles.state.journal`).
     :ivar uses_cursor: whether the mode needs ``cursor_column``.
+    :ivar retries_rejected: whether a record rejected for bad data stays pending and is evaluated again by
+        later runs. Full mode sends every record every run anyway; incremental mode does not read a row
+        again once the watermark passed it (holding the watermark for a row that stays bad would re-read
+        everything after it on every run).
     """
 
     name = "diff"
@@ -52,6 +56,7 @@ class SyncMode:
     detects_deletions = True
     journals_sends = True
     uses_cursor = False
+    retries_rejected = True
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
         """The change kinds a mapping with ``trigger`` sends."""
@@ -123,6 +128,7 @@ class IncrementalMode(SyncMode):
     detects_deletions = False
     journals_sends = False
     uses_cursor = True
+    retries_rejected = False
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         # Keys known at the watermark were handled by the run that set it (rows equal to it are read again).
@@ -157,6 +163,7 @@ class FullMode(SyncMode):
     compares_with_state = False
     detects_deletions = False
     journals_sends = False
+    retries_rejected = False
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
         return frozenset() if trigger == "deleted" else _UPSERTS

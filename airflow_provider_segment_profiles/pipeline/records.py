@@ -68,6 +68,8 @@ class Change(NamedTuple):
         diff mode by ``.{version}`` (see ``docs/architecture.md``).
     :param version: the record's version after this change (diff mode; ``0`` in other modes).
     :param cursor_value: as in :class:`Record`.
+    :param pending: the record was rejected by an earlier run and is evaluated again (see
+        :meth:`~.detection.base.ChangeDetector.mark_rejected`).
     """
 
     kind: ChangeKind
@@ -76,6 +78,7 @@ class Change(NamedTuple):
     token: str
     version: int = 0
     cursor_value: Any = None
+    pending: bool = False
 
 
 class MessageRef(NamedTuple):

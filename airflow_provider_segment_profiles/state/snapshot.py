@@ -12,6 +12,8 @@ A snapshot file is an SQLite database with three tables:
   :mod:`.journal`). The next run sends them even when their value equals ``checksum``.
 * ``tombstone(pk, version, deleted_at)``: records deleted in the last :data:`TOMBSTONE_RETENTION_S`
   seconds, so one that comes back continues its version instead of reusing its first message id.
+* ``pending(pk)``: records a mapping rejected for bad data; ``checksum`` and ``version`` still hold what
+  Segment had before. The next run builds and validates them again even when their values did not change.
 
 It lives in a local SQLite file while a run works (stdlib ``sqlite3``: bounded memory whatever the number of
 records, exact keys, set-based joins per chunk) and is copied to and from ``state_path`` between runs.
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS {db}.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER,
 CREATE TABLE IF NOT EXISTS {db}.uncertain (pk TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER, deleted_at INTEGER)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.pending (pk TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 #: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.add_and_look_up`;
@@ -116,7 +119,7 @@ class SnapshotStore:
             PRAGMA cache_size = -16384;
             CREATE TABLE current (
                 pk TEXT PRIMARY KEY, checksum INTEGER, prev_checksum INTEGER, prev_version INTEGER,
-                version INTEGER, cursor, failed INTEGER DEFAULT 0, chunk INTEGER
+                version INTEGER, cursor, failed INTEGER DEFAULT 0, rejected INTEGER DEFAULT 0, chunk INTEGER
             ) WITHOUT ROWID;
             CREATE TEMP TABLE chunk (pos INTEGER PRIMARY KEY, pk TEXT, checksum INTEGER, cursor);
             CREATE TEMP TABLE failed_deletes (pk TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -124,6 +127,7 @@ class SnapshotStore:
         )
         # Without a previous snapshot every record is new: add_and_look_up() then skips the lookups.
         self._first_run = previous is None
+        self.deletions_held = False
         self._chunks = 0
         if previous is not None:
             self.db.execute("ATTACH DATABASE ? AS prev", (f"file:{previous}?mode=ro",))
@@ -135,6 +139,10 @@ class SnapshotStore:
         if self.db.execute("SELECT 1 FROM prev.uncertain LIMIT 1").fetchone():
             joins += " LEFT JOIN prev.uncertain u ON u.pk = k.pk"
             uncertain = "u.pk IS NOT NULL"
+        if self.db.execute("SELECT 1 FROM prev.pending LIMIT 1").fetchone():
+            # 2 marks a pending record: sent again like an uncertain one, and told apart by the caller.
+            joins += " LEFT JOIN prev.pending pd ON pd.pk = k.pk"
+            uncertain = f"CASE WHEN {uncertain} THEN 1 WHEN pd.pk IS NOT NULL THEN 2 ELSE 0 END"
         tombstone_version = "0"
         if self.db.execute("SELECT 1 FROM prev.tombstone LIMIT 1").fetchone():
             joins += " LEFT JOIN prev.tombstone t ON t.pk = k.pk"
@@ -169,7 +177,7 @@ class SnapshotStore:
             ``(previous checksum, known, version, uncertain)``: the checksum Segment holds (``None`` when
             unknown or unconfirmed), whether the previous snapshot has the record (0 or 1), the version a
             change sent now carries (the held version when nothing changed), and whether Segment may hold
-            another value (0 or 1).
+            another value (0 or 1; 2 for a record an earlier run's mapping rejected, see :meth:`mark_rejected`).
         """
         db = self.db
         self._chunks += 1
@@ -210,6 +218,20 @@ class SnapshotStore:
         """Record that a message of these records was not delivered; they are sent again next run."""
         self.db.executemany("UPDATE current SET failed = 1 WHERE pk = ?", ((pk,) for pk in pks))
 
+    def mark_rejected(self, pks: Iterable[str]) -> None:
+        """Record that a message of these records was rejected for bad data; they stay pending."""
+        self.db.executemany("UPDATE current SET rejected = 1 WHERE pk = ?", ((pk,) for pk in pks))
+
+    def deleted_count(self) -> int:
+        """Records in the previous snapshot but not (yet) in this run."""
+        return self.db.execute(
+            "SELECT count(*) FROM prev.snapshot p WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)"
+        ).fetchone()[0]
+
+    def hold_deletions(self) -> None:
+        """Send no delete this run: the records this run did not read are kept in the next snapshot as they were."""
+        self.deletions_held = True
+
     def mark_delete_failed(self, pks: Iterable[str]) -> None:
         """Record that a deleted record's message was not delivered; it counts as deleted again next run."""
         self.db.executemany("INSERT OR IGNORE INTO failed_deletes (pk) VALUES (?)", ((pk,) for pk in pks))
@@ -244,21 +266,32 @@ class SnapshotStore:
         message failed is kept with a ``NULL`` checksum, so it is added again if still in the model and
         deleted if gone. A deleted record whose message failed is kept, uncertain, so it is deleted again.
         Records deleted now become tombstones; tombstones older than :data:`TOMBSTONE_RETENTION_S` go.
+        A record a mapping rejected keeps what Segment held before and becomes pending. When deletions are
+        held (:meth:`hold_deletions`), the records this run did not read are kept as they were instead.
         """
+        held = "1" if self.deletions_held else "0"
         return self._write(
             destination,
-            """
+            f"""
             INSERT INTO out.snapshot (pk, checksum, cursor, version)
-            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL,
-                CASE WHEN failed AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
+            SELECT pk, CASE WHEN failed OR rejected THEN prev_checksum ELSE checksum END, NULL,
+                CASE WHEN (failed OR rejected) AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
             FROM current;
             INSERT INTO out.uncertain (pk) SELECT pk FROM current WHERE failed AND prev_checksum IS NOT NULL;
+            INSERT INTO out.pending (pk) SELECT pk FROM current WHERE rejected;
             INSERT INTO out.snapshot (pk, checksum, cursor, version)
             SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
             INSERT INTO out.uncertain (pk) SELECT pk FROM failed_deletes;
+            INSERT INTO out.snapshot (pk, checksum, cursor, version)
+            SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p
+            WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk);
+            INSERT INTO out.uncertain (pk) SELECT u.pk FROM prev.uncertain u
+            WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = u.pk);
+            INSERT INTO out.pending (pk) SELECT d.pk FROM prev.pending d JOIN out.snapshot o ON o.pk = d.pk
+            WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = d.pk);
             INSERT INTO out.tombstone (pk, version, deleted_at)
             SELECT p.pk, coalesce(p.version, 0) + 1, :now FROM prev.snapshot p
-            WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)
+            WHERE NOT {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)
                 AND NOT EXISTS (SELECT 1 FROM failed_deletes f WHERE f.pk = p.pk);
             INSERT OR IGNORE INTO out.tombstone (pk, version, deleted_at)
             SELECT t.pk, t.version, t.deleted_at FROM prev.tombstone t

@@ -54,6 +54,19 @@ class ChangeDetector(Protocol):
         :raises JournalError: the record could not be written; the chunk must not be sent.
         """
 
+    def deletion_counts(self) -> tuple[int, int]:
+        """
+        Called once every chunk was detected, before :meth:`deletions`, for the mass-delete guard.
+
+        :return: ``(records the committed state holds, those of them this run did not read)``.
+        """
+
+    def hold_deletions(self) -> None:
+        """
+        The delete guard tripped: send no delete this run; the records this run did not read stay in state
+        as they were (they count as deleted again next run). :meth:`deletions` then yields nothing.
+        """
+
     def deletions(self) -> Iterator[list[Change]]:
         """Chunks of the records the committed state has and this run did not read, as deleted changes."""
 
@@ -62,6 +75,14 @@ class ChangeDetector(Protocol):
 
     def mark_delete_failed(self, keys: Iterable[str]) -> None:
         """A deleted record's message was not delivered: it counts as deleted again next run."""
+
+    def mark_rejected(self, keys: Iterable[str]) -> None:
+        """
+        A message of these added or updated records was rejected for bad data: nothing of theirs is taken as
+        synced. The state keeps what Segment held before (an added one stays unknown) and flags them
+        pending, so the next run builds and validates them again even when their values did not change
+        (:attr:`~..records.Change.pending` is then true), until one run delivers them or they leave the model.
+        """
 
     def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:
         """The incremental watermark to commit (``None`` outside incremental mode, or when nothing was read)."""

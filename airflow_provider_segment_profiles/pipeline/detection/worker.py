@@ -136,7 +136,15 @@ class WorkerChangeDetector:
                 changes.append(
                     new(
                         Change,
-                        (kind, key, row, token(checksum_hex(checksum), version), version, cursor_value),
+                        (
+                            kind,
+                            key,
+                            row,
+                            token(checksum_hex(checksum), version),
+                            version,
+                            cursor_value,
+                            uncertain == 2,
+                        ),
                     )
                 )
         self._max_cursor_key = max_key
@@ -151,9 +159,19 @@ class WorkerChangeDetector:
         if self.journal is not None and changes:
             self.journal.record([(change.key, change.version) for change in changes])
 
-    def deletions(self) -> Iterator[list[Change]]:
-        """Records of the snapshot this run did not read (diff mode only)."""
+    def deletion_counts(self) -> tuple[int, int]:
+        """``(records in the committed snapshot, those this run did not read)``; ``(n, 0)`` outside diff mode."""
         if not self.mode.detects_deletions:
+            return self.store.previous_count(), 0
+        return self.store.previous_count(), self.store.deleted_count()
+
+    def hold_deletions(self) -> None:
+        """See :meth:`SnapshotStore.hold_deletions`."""
+        self.store.hold_deletions()
+
+    def deletions(self) -> Iterator[list[Change]]:
+        """Records of the snapshot this run did not read (diff mode only; none once deletions are held)."""
+        if not self.mode.detects_deletions or self.store.deletions_held:
             return
         deleted = ChangeKind.DELETED
         for chunk in self.store.deleted():
@@ -170,6 +188,11 @@ class WorkerChangeDetector:
     def mark_delete_failed(self, keys: Iterable[str]) -> None:
         """See :meth:`SnapshotStore.mark_delete_failed`."""
         self.store.mark_delete_failed(keys)
+
+    def mark_rejected(self, keys: Iterable[str]) -> None:
+        """See :meth:`SnapshotStore.mark_rejected` (diff mode; other modes keep no per-record values)."""
+        if self.mode.retries_rejected:
+            self.store.mark_rejected(keys)
 
     def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:
         """The smallest cursor value of an undelivered record, else the largest read (incremental mode)."""

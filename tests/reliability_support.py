@@ -487,6 +487,7 @@ class DagHarness:
     :param state_dir: local folder used as ``state_path``.
     :param monkeypatch: to set the environment of each run.
     :param name: a short name for the DAG id.
+    :param segment_connection: the default Profile Space connection (for an emulator with several keys).
     """
 
     def __init__(
@@ -496,6 +497,7 @@ class DagHarness:
         state_dir: Path,
         monkeypatch: pytest.MonkeyPatch,
         name: str = "sync",
+        segment_connection: dict[str, Any] | None = None,
     ) -> None:
         self.warehouse = warehouse
         self.emulator = emulator
@@ -504,7 +506,7 @@ class DagHarness:
         safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name)[:60]
         self.dag_id = f"rel_{safe}_{uuid.uuid4().hex[:8]}"
         self.task_id = "sync"
-        self.segment_connection: dict[str, Any] = emulator.airflow_connection()
+        self.segment_connection: dict[str, Any] = segment_connection or emulator.airflow_connection()
         self.operator: dict[str, Any] = {
             "sql": f"SELECT id, name, email, plan FROM {warehouse.t('customers')}",
             "mappings": CUSTOMER_MAPPINGS,

@@ -38,9 +38,11 @@ from airflow_provider_segment_profiles.actions.subscriptions import (
     parse_status,
 )
 from airflow_provider_segment_profiles.actions.value_forms import (
+    ColumnForm,
     ColumnsForm,
     Form,
     LiteralForm,
+    ObjectForm,
     iter_columns,
     iter_star_forms,
     join_path,
@@ -154,6 +156,20 @@ class CompiledMapping:
             raise ValueError(f"change must be one of {CHANGES}, not {change!r}")
         return change in self._changes
 
+    def field_lineage(self) -> list[tuple[str, str]]:
+        """
+        Where each result column the mapping reads by name goes in the message (lineage reporting).
+
+        :return: ``(result column, field path)`` pairs in mapping order, the path as the mapping names the
+            field (``traits.email``, ``properties.plan``, ``user_id``); a ``columns`` list contributes one
+            pair per column, under its own name. ``columns: "*"`` is left out: which columns it takes is
+            known only from a result.
+        """
+        found: list[tuple[str, str]] = []
+        for key, form in self._forms:
+            _field_columns(form, key, found)
+        return found
+
     def _label(self) -> str:
         return f"mapping {self.name!r}"
 
@@ -221,6 +237,16 @@ class CompiledMapping:
             result_columns=list(result_columns),
             primary_key=self.primary_key,
         )
+
+
+def _field_columns(form: Any, path: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(form, ColumnForm):
+        found.append((form.column, path))
+    elif isinstance(form, ColumnsForm):
+        found.extend((name, join_path(path, name)) for name in form.columns or ())
+    elif isinstance(form, ObjectForm):
+        for key, child in form.entries:
+            _field_columns(child, join_path(path, key), found)
 
 
 def _preview(columns: Sequence[str], limit: int = 20) -> str:

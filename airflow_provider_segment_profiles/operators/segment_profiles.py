@@ -17,6 +17,7 @@ from airflow_provider_segment_profiles.exceptions import (
     SegmentProfilesError,
 )
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+from airflow_provider_segment_profiles.operators.lineage import lineage_facts, operator_lineage
 from airflow_provider_segment_profiles.operators.summary import format_summary, threshold_breach
 from airflow_provider_segment_profiles.pipeline.config import (
     DEFAULT_MAX_EVENTS_PER_SECOND,
@@ -165,6 +166,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
         self._run: SyncRun | None = None
+        #: Plain data of the last run for OpenLineage (``operators/lineage.py``), no run objects.
+        self._lineage_facts: dict[str, Any] | None = None
         check_settings(
             task_id=self.task_id,
             sync_mode=sync_mode,
@@ -222,6 +225,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         # Connections are resolved afresh each run: an operator object can be executed again (dag.test).
         self.__dict__.pop("warehouse_hook", None)
         hooks: dict[str, SegmentProfilesHook] = {}
+        self._lineage_facts = None
         try:
             config = self._config()
             mappings = self._compile(config.mappings)
@@ -258,6 +262,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 log=self.log,
             )
             summary, state = self._run.execute()
+            self._lineage_facts = lineage_facts(mappings, space_conn_ids, hooks, summary)
         except SegmentProfilesError as err:
             raise _airflow_error(err) from err
         finally:
@@ -286,6 +291,26 @@ class SegmentProfilesSyncOperator(BaseOperator):
         run = self._run
         if run is not None:
             run.cancel()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        OpenLineage of the run: the model's input tables (parsed from its SQL with the warehouse hook's
+        database info, as common-sql's operators do) and one output dataset per Profile Space with the
+        messages delivered and each mapping's column lineage (``docs/lineage.md``).
+
+        Called by the OpenLineage provider's listener after ``execute``, also when the task failed
+        (https://airflow.apache.org/docs/apache-airflow-providers-openlineage/stable/guides/developer.html).
+
+        :param task_instance: the finished task instance (unused: the run's facts are on the operator).
+        :return: an ``OperatorLineage``, or ``None`` when the OpenLineage provider is not installed.
+        """
+        return operator_lineage(
+            sql=self.sql,
+            get_hook=lambda: self.warehouse_hook,
+            conn_id=self.conn_id,
+            facts=self._lineage_facts,
+            operator_log=self.log,
+        )
 
     # -- Airflow surface -----------------------------------------------------------------------------
     def _config(self) -> SyncConfig:

@@ -17,6 +17,7 @@ from airflow_provider_segment_profiles.exceptions import (
     SegmentProfilesError,
 )
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+from airflow_provider_segment_profiles.operators.assets import attach_summary
 from airflow_provider_segment_profiles.operators.lineage import lineage_facts, operator_lineage
 from airflow_provider_segment_profiles.operators.summary import format_summary, threshold_breach
 from airflow_provider_segment_profiles.pipeline.config import (
@@ -215,7 +216,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
     # -- run -----------------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
         """
-        Sync once and return the run summary (pushed to XCom as ``return_value``).
+        Sync once and return the run summary (pushed to XCom as ``return_value``); a successful run puts
+        its counts into the asset event of each Asset in ``outlets`` (``operators/assets.py``).
 
         :raises AirflowFailException: a permanent error (configuration, model query, state) or the
             rejected-message threshold; the task is not retried.
@@ -281,6 +283,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             # A run that fails its thresholds still committed what was delivered; keep its summary visible.
             ti.xcom_push(key="return_value", value=summary)
             raise breach
+        attach_summary(context, self.outlets, summary)
         return summary
 
     def on_kill(self) -> None:

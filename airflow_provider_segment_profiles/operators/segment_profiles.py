@@ -26,6 +26,7 @@ from airflow_provider_segment_profiles.pipeline.config import (
     check_settings,
 )
 from airflow_provider_segment_profiles.pipeline.run import SyncRun
+from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog, check_table_name
 from airflow_provider_segment_profiles.state.guards import check_destinations, load_head
 from airflow_provider_segment_profiles.state.location import (
     STATE_XCOM_KEY,
@@ -92,6 +93,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
         (named apart from Airflow's own task-level ``retry_policy``).
     :param request_timeout: ``(connect, read)`` HTTP timeouts in seconds.
     :param progress_interval_s: seconds between progress lines in the task log.
+    :param sync_log_table: a table in the model's warehouse (``table`` or ``schema.table``) that every run
+        appends one row per message outcome to, created if absent; ``None`` (default) keeps no sync log.
+        Dry runs write none. A failed write is a warning, never a failed sync (``docs/lineage.md``).
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """
@@ -140,6 +144,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         request_retry_policy: RetryPolicy | dict[str, float] | None = None,
         request_timeout: tuple[float, float] = (10.0, 30.0),
         progress_interval_s: float = 10.0,
+        sync_log_table: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,6 +171,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.request_retry_policy = RetryPolicy.coerce(request_retry_policy)
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
+        self.sync_log_table = None if sync_log_table is None else check_table_name(sync_log_table)
         self._run: SyncRun | None = None
         #: Plain data of the last run for OpenLineage (``operators/lineage.py``), no run objects.
         self._lineage_facts: dict[str, Any] | None = None
@@ -228,6 +234,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.__dict__.pop("warehouse_hook", None)
         hooks: dict[str, SegmentProfilesHook] = {}
         self._lineage_facts = None
+        sync_log: SyncLog | None = None
         try:
             config = self._config()
             mappings = self._compile(config.mappings)
@@ -249,6 +256,17 @@ class SegmentProfilesSyncOperator(BaseOperator):
             destinations = {} if config.dry_run else {c: hook.destination_id for c, hook in hooks.items()}
             if config.mode.resumes_from(head, config.full_refresh) is not None:
                 check_destinations(head, destinations)
+            if self.sync_log_table and not config.dry_run:
+                sync_log = SyncLog(
+                    self.warehouse_hook,
+                    self.sync_log_table,
+                    dag_id=ti.dag_id,
+                    task_id=ti.task_id,
+                    map_index=getattr(ti, "map_index", -1),
+                    run_id=str(ti.run_id),
+                    try_number=int(ti.try_number or 0),
+                    log=self.log,
+                )
             self._run = SyncRun(
                 config,
                 mappings,
@@ -262,6 +280,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 try_number=int(ti.try_number or 0),
                 run_tag=f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}",
                 log=self.log,
+                sync_log=sync_log,
             )
             summary, state = self._run.execute()
             self._lineage_facts = lineage_facts(mappings, space_conn_ids, hooks, summary)
@@ -271,6 +290,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
             self._run = None
             for hook in hooks.values():
                 hook.close()
+            if sync_log is not None:  # also after a failed try: what it delivered did reach Segment
+                sync_log.write()
         if state is not None:
             ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
         self.log.info("%s", format_summary(summary))

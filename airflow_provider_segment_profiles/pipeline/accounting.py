@@ -46,6 +46,8 @@ class SyncAccounting:
     rejected_samples: list[dict[str, Any]] = field(default_factory=list)
     failed_samples: list[dict[str, Any]] = field(default_factory=list)
     problems_reported: int = 0
+    #: The run's :class:`~.sync_log.SyncLog`, or ``None``; the stages that see outcomes hand them to it.
+    sync_log: Any = None
 
     def __post_init__(self) -> None:
         self.mappings = {name: MappingTally() for name in self.mapping_names}

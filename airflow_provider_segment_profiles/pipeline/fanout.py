@@ -54,6 +54,8 @@ class MessageFanout:
                 self._targets[kind].append(
                     (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
                 )
+        #: The sync log (``pipeline/sync_log.py``), or ``None``: only then do refs carry the message id.
+        self.sync_log = accounting.sync_log
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
 
@@ -65,6 +67,7 @@ class MessageFanout:
         accounting = self.accounting
         tallies = accounting.mappings
         targets = self._targets
+        sync_log = self.sync_log
         for kind, key, row, token, _version, cursor_value, _pending in changes:
             for name, builder, space in targets[kind]:
                 tallies[name].selected += 1
@@ -75,9 +78,14 @@ class MessageFanout:
                         built = builder.build(row, primary_key=key, checksum=token)
                 except RecordRejected as rejection:
                     accounting.message(name, Outcome.REJECTED, key, rejection.reason, rejection.field)
+                    if sync_log is not None:
+                        sync_log.rejected(name, key, kind, rejection.field)
                     continue
                 if built.warnings:
                     accounting.warn(name, key, built.warnings)
-                completions = add(space, built.encoded, new(MessageRef, (key, name, kind, cursor_value)))
+                message_id = None if sync_log is None else built.message.get("messageId")
+                completions = add(
+                    space, built.encoded, new(MessageRef, (key, name, kind, cursor_value, message_id))
+                )
                 if completions:  # usually empty: most messages only join a batch
                     settle(completions)

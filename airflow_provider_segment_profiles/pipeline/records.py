@@ -89,9 +89,12 @@ class MessageRef(NamedTuple):
     :param mapping: the mapping's name.
     :param kind: the change that selected it.
     :param cursor_value: the record's cursor value (incremental mode), so a failure holds the watermark.
+    :param message_id: the message's ``messageId``, carried only when the run keeps a sync log
+        (``pipeline/sync_log.py``); ``None`` otherwise.
     """
 
     key: str
     mapping: str
     kind: ChangeKind
     cursor_value: Any = None
+    message_id: str | None = None

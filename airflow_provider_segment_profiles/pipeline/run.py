@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
     from airflow_provider_segment_profiles.pipeline.config import SyncConfig
     from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
+    from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 
@@ -88,6 +89,8 @@ class SyncRun:
     :param run_id: the DAG run's id; ``try_number`` the task instance's try.
     :param run_tag: a safe path component naming this try (reports, journal files).
     :param log: the task's logger.
+    :param sync_log: a :class:`~.sync_log.SyncLog` collecting every message outcome, or ``None``; the
+        caller writes it after the run.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class SyncRun:
         try_number: int,
         run_tag: str,
         log: Any,
+        sync_log: SyncLog | None = None,
     ) -> None:
         self.config = config
         self.mappings = list(mappings)
@@ -118,6 +122,7 @@ class SyncRun:
         self.try_number = try_number
         self.run_tag = run_tag
         self.log = log
+        self.sync_log = sync_log
         self._cancelled = threading.Event()
         self._source: RecordSource | None = None
 
@@ -140,6 +145,7 @@ class SyncRun:
                 stack.enter_context(open(workdir / "dry_run.ndjson", "w+b")) if config.dry_run else None
             )
             accounting = SyncAccounting([m.name for m in self.mappings], report=report_file)
+            accounting.sync_log = self.sync_log
             detector = WorkerChangeDetector(
                 mode=mode,
                 location=self.location,

@@ -72,6 +72,8 @@ class Settler:
         self.detector = detector
         self.progress = progress
         self.check_cancelled = check_cancelled
+        #: The sync log (``pipeline/sync_log.py``), or ``None``; it sees each list of completions once.
+        self.sync_log = accounting.sync_log
         #: Cursor values of records with an undelivered message (incremental mode holds the watermark).
         self.failed_cursor_values: list[Any] = []
 
@@ -92,6 +94,8 @@ class Settler:
             elif done.outcome == Outcome.DELIVERED:
                 delivered += 1
         self.progress.delivered += delivered
+        if self.sync_log is not None:
+            self.sync_log.settled(completions)
         if failed:
             self.detector.mark_failed(failed)
         if failed_deletes:

@@ -4,7 +4,9 @@
 `example_segment_profiles_customers_asset` syncs the Jaffle Shop customers (`sql/customers.sql`) into a
 Profile Space and names the Asset `CUSTOMERS_IN_SEGMENT` as its outlet: every successful run records an
 asset event whose `extra` holds the run's counts (rows read; records added, updated, deleted, unchanged
-and rejected; messages delivered, rejected and failed, per mapping too).
+and rejected; messages delivered, rejected and failed, per mapping too). It also appends one row per
+message outcome to the warehouse table `segment_sync_log` (`sync_log_table`), where support can look up
+what became of any one customer (`docs/lineage.md`).
 
 `example_segment_profiles_after_customers_sync` is scheduled on that Asset, so Airflow starts it after
 each successful sync; its task reads the counts from `triggering_asset_events` (when triggered by hand,
@@ -69,6 +71,7 @@ with DAG(
         primary_key="customer_id",
         mappings=IDENTIFY_CUSTOMERS,
         segment_conn_id=SEGMENT_CONN_ID,
+        sync_log_table="segment_sync_log",
         outlets=[CUSTOMERS_IN_SEGMENT],
     )
 

@@ -147,6 +147,13 @@ def test_sync_outlet_asset_events_carry_counts_and_the_downstream_dag_reads_them
         assert write_key not in json.dumps(extra)
         assert not {"rejected_samples", "failed_samples", "report_path"} & set(extra)
 
+    # The example also keeps a sync log: one row per message of both runs.
+    with contextlib.closing(sqlite3.connect(warehouse)) as conn:
+        logged = conn.execute(
+            "SELECT change_kind, outcome, COUNT(*) FROM segment_sync_log GROUP BY 1, 2 ORDER BY 1"
+        ).fetchall()
+    assert logged == [("added", "delivered", 5), ("updated", "delivered", 1)]
+
     # The scheduler would start the downstream DAG (it is scheduled on the Asset) ...
     assert _queued_for("example_segment_profiles_after_customers_sync") == 1
     # ... whose task reads the counts of the latest asset event.

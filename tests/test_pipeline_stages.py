@@ -290,7 +290,10 @@ def test_fanout_settles_completions_that_delivery_returns_meanwhile():
 # -- settling --------------------------------------------------------------------------------------------------
 class _Marks:
     def __init__(self):
-        self.failed, self.delete_failed = [], []
+        self.failed, self.delete_failed, self.rejected = [], [], []
+
+    def mark_rejected(self, keys):
+        self.rejected.extend(keys)
 
     def mark_failed(self, keys):
         self.failed.extend(keys)
@@ -314,7 +317,7 @@ def test_settling_counts_outcomes_and_marks_undelivered_records():
             Completion(MessageRef("4", "gone", DELETED), Outcome.FAILED, "HTTP 400"),
         ]
     )
-    assert (marks.failed, marks.delete_failed) == (["2"], ["4"])
+    assert (marks.failed, marks.delete_failed, marks.rejected) == (["2"], ["4"], ["3"])
     assert settle.failed_cursor_values == [11]
     assert progress.delivered == 1
     assert accounting.messages == {"delivered": 1, "rejected": 1, "failed": 2}

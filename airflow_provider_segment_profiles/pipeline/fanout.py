@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from airflow_provider_segment_profiles.actions import CompiledMapping, RecordBuilder, RecordRejected
+from airflow_provider_segment_profiles.actions import (
+    CompiledMapping,
+    MessageSkipped,
+    RecordBuilder,
+    RecordRejected,
+)
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome, new
 
 if TYPE_CHECKING:
@@ -54,8 +59,15 @@ class MessageFanout:
                 self._targets[kind].append(
                     (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
                 )
+        #: Unique identifiers of added or updated records a mapping rejected since :meth:`take_rejected`.
+        self.rejected_keys: list[str] = []
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
+
+    def take_rejected(self) -> list[str]:
+        """The unique identifiers of added or updated records rejected since the last call (for state marks)."""
+        keys, self.rejected_keys = self.rejected_keys, []
+        return keys
 
     def send(self, changes: Sequence[Change], add: Add, settle: Settle) -> None:
         """
@@ -65,7 +77,8 @@ class MessageFanout:
         accounting = self.accounting
         tallies = accounting.mappings
         targets = self._targets
-        for kind, key, row, token, _version, cursor_value, _pending in changes:
+        rejected = self.rejected_keys
+        for kind, key, row, token, _version, cursor_value, pending in changes:
             for name, builder, space in targets[kind]:
                 tallies[name].selected += 1
                 try:
@@ -75,6 +88,13 @@ class MessageFanout:
                         built = builder.build(row, primary_key=key, checksum=token)
                 except RecordRejected as rejection:
                     accounting.message(name, Outcome.REJECTED, key, rejection.reason, rejection.field)
+                    if row is not None:
+                        rejected.append(key)
+                    if pending:
+                        accounting.rejected_carried_over += 1
+                    continue
+                except MessageSkipped as skipped:
+                    accounting.message(name, Outcome.SKIPPED, key, skipped.reason, skipped.field)
                     continue
                 if built.warnings:
                     accounting.warn(name, key, built.warnings)

@@ -2,14 +2,16 @@
 Warehouse values the Python driver cannot hold, read as a marker instead of failing the fetch.
 
 PostgreSQL keeps dates and times Python's ``datetime`` cannot: ``infinity`` and ``-infinity``, dates before
-the year 1 (BC) or after 9999, ``24:00:00`` (the end of a day). psycopg 3 raises ``DataError`` at fetch
-time for every one of them, so one such value in one row fails the whole sync; psycopg 2 raises
-``ValueError`` for years outside 1..9999 and silently turns ``infinity`` into ``date.max`` and
-``24:00:00`` into midnight. :func:`install_safe_loaders` replaces the loaders of those types on one
-connection with loaders that return an :class:`UnreadableValue` (the warehouse's own text and the reason)
-for such a value and the usual Python object for every other one. The value policy then decides per
-record: the text with a warning in text and object fields, a rejection naming the field in ``timestamp``
-(``actions/json_values.py``, ``actions/timestamps.py``; the table is in ``docs/mappings.md``).
+the year 1 (BC) or after 9999, ``24:00:00`` (the end of a day), intervals beyond ``timedelta``'s
+999,999,999 days; and JSON nested deeper than Python's parser goes (its recursion limit). psycopg 3 raises
+``DataError`` at fetch time for the dates and times, both drivers raise ``RecursionError`` for the JSON,
+so one such value in one row fails the whole sync; psycopg 2 raises ``ValueError`` for years outside
+1..9999 and silently turns ``infinity`` into ``date.max`` and ``24:00:00`` into midnight.
+:func:`install_safe_loaders` wraps the loaders of those types on one connection so that such a value
+becomes an :class:`UnreadableValue` (the warehouse's own text and the reason) and every other value the
+usual Python object. The value policy then decides per record: the text with a warning in text and object
+fields, a rejection naming the field in ``timestamp`` and for JSON (``actions/json_values.py``,
+``actions/timestamps.py``; the table is in ``docs/mappings.md``).
 
 Which types, per driver (Airflow's Postgres hook uses psycopg 3 when it is installed with SQLAlchemy 2,
 else psycopg 2; ``airflow.providers.postgres.hooks.postgres.USE_PSYCOPG3``):
@@ -18,16 +20,19 @@ else psycopg 2; ``airflow.providers.postgres.hooks.postgres.USE_PSYCOPG3``):
 driver                    what is installed on the connection
 ========================  ==========================================================================
 psycopg 3                 text-format loaders of ``date``, ``timestamp``, ``timestamptz``, ``time``,
-                          ``timetz`` and ``interval``; arrays, ranges and multiranges of them look
-                          their element loader up on the connection, so they get the safe one too.
-                          ``interval`` uses psycopg's pure-Python loader: the C one of
-                          ``psycopg-binary`` 3.x wraps around past 2**31 days instead of raising
+                          ``timetz``, ``interval``, ``json`` and ``jsonb``; arrays, ranges and
+                          multiranges look their element loader up on the connection, so they get the
+                          safe one too. ``interval`` uses psycopg's pure-Python loader: the C one of
+                          ``psycopg-binary`` 3.3 wraps around past 2**31 days instead of raising
                           (``interval '178000000 years'`` is read as 545,490,560 days).
-psycopg 2                 typecasters of the same six types and of their arrays; psycopg 2's range
-                          casters convert their bounds through the connection's typecasters.
-sqlite3                   nothing: SQLite's INTEGER, REAL and BLOB always fit Python, undecodable TEXT
-                          is handled by the reader's ``text_factory``, and converters only run when a
-                          hook connects with ``detect_types``, which Airflow's SQLite hook does not.
+psycopg 2                 typecasters of the same eight types and of their arrays; psycopg 2's range
+                          casters convert their bounds through the connection's typecasters. An interval
+                          psycopg 2 cannot parse (over 2**31 hours) that ``timedelta`` holds is parsed
+                          here (:func:`parse_postgres_interval`).
+sqlite3                   nothing: SQLite's INTEGER (64 bits), REAL and BLOB always fit Python,
+                          undecodable TEXT is handled by the reader's ``text_factory``, and converters
+                          only run when a hook connects with ``detect_types``, which Airflow's SQLite
+                          hook does not (such a hook's converters are its own, and are left alone).
 anything else             nothing.
 ========================  ==========================================================================
 
@@ -208,7 +213,7 @@ def _install_psycopg(conn: Any) -> None:
         inner = adapters.get_loader(oid, Format.TEXT)
         if inner is None:
             continue
-        if type_key == "interval" and inner.__name__ == "IntervalLoader":
+        if type_key == "interval" and inner.__module__.split(".")[0] in ("psycopg_binary", "psycopg_c"):
             from psycopg.types.datetime import IntervalLoader
 
             inner = IntervalLoader

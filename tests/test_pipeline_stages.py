@@ -317,7 +317,8 @@ def test_settling_counts_outcomes_and_marks_undelivered_records():
             Completion(MessageRef("4", "gone", DELETED), Outcome.FAILED, "HTTP 400"),
         ]
     )
-    assert (marks.failed, marks.delete_failed, marks.rejected) == (["2"], ["4"], ["3"])
+    assert (marks.failed, marks.delete_failed) == (["2"], ["4"])
+    assert marks.rejected == [("3", "identify", ADDED)]
     assert settle.failed_cursor_values == [11]
     assert progress.delivered == 1
     assert accounting.messages == {"delivered": 1, "rejected": 1, "failed": 2}

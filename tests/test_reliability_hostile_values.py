@@ -14,7 +14,7 @@ import pytest
 pytest.register_assert_rewrite("reliability_support")
 from reliability_support import FIGURES, DagHarness, assert_segment_matches, read_ndjson  # noqa: E402
 
-from airflow_provider_segment_profiles.sync import driver_values  # noqa: E402
+from airflow_provider_segment_profiles.pipeline import driver_values  # noqa: E402
 
 pytest_plugins = ["reliability_support"]
 pytestmark = pytest.mark.airflow_db

@@ -230,3 +230,22 @@ def test_the_task_log_says_what_happened(rel_harness: DagHarness, capfd):
 
     dry = h.run(dry_run=True)
     assert f"Payloads this dry run would send: {dry.summary['dry_run_path']}" in capfd.readouterr().out
+
+
+def test_only_the_mapping_that_rejected_a_record_builds_it_again(rel_harness: DagHarness):
+    h = rel_harness
+    wh = h.warehouse
+    create_customers(wh, range(1, 6))
+    wh.execute(f"UPDATE {wh.t('customers')} SET plan = 'bad' WHERE id = 3")
+    plain = {"name": "plain", "action": "send_identify", "fields": {"user_id": {"column": "id"}}}
+    h.operator.update(sql=_bad_timestamp_model(h), mappings=[TIMESTAMPED, plain], max_rejected_fraction=1.0)
+    first = h.run()
+    assert first.summary["mappings"]["plain"]["delivered"] == 5
+    assert first.summary["mappings"]["identify"] == {"delivered": 4, "rejected": 1, "failed": 0}
+    again = h.run()
+    FIGURES.input("rejected by one mapping, delivered by another")
+    assert again.sent == []  # 'plain' delivered record 3 already: it is not sent again
+    assert again.summary["mappings"]["plain"] == {"delivered": 0, "rejected": 0, "failed": 0}
+    assert again.summary["mappings"]["identify"] == {"delivered": 0, "rejected": 1, "failed": 0}
+    assert again.summary["rejected_carried_over"] == 1
+    assert again.summary["records"]["unchanged"] == 5

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
 
+_UNCHANGED = ChangeKind.UNCHANGED
 #: ``add(profile space connection id, encoded message, ref) -> completions``: :meth:`Dispatcher.add`.
 Add = Callable[[str, bytes, MessageRef], "list[Completion]"]
 #: Settles a list of completions (:class:`~.settle.Settler`).
@@ -54,18 +55,19 @@ class MessageFanout:
         self._targets: dict[ChangeKind, list[tuple[str, RecordBuilder, str]]] = {
             kind: [] for kind in ChangeKind
         }
+        self._by_name: dict[str, tuple[str, RecordBuilder, str]] = {}
         for mapping in mappings:
+            target = (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
+            self._by_name[mapping.name] = target
             for kind in mode.changes_selected(mapping.trigger):
-                self._targets[kind].append(
-                    (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
-                )
-        #: Unique identifiers of added or updated records a mapping rejected since :meth:`take_rejected`.
-        self.rejected_keys: list[str] = []
+                self._targets[kind].append(target)
+        #: ``(unique identifier, mapping, kind)`` of upserts a mapping rejected since :meth:`take_rejected`.
+        self.rejected_keys: list[tuple[str, str, str]] = []
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
 
-    def take_rejected(self) -> list[str]:
-        """The unique identifiers of added or updated records rejected since the last call (for state marks)."""
+    def take_rejected(self) -> list[tuple[str, str, str]]:
+        """``(unique identifier, mapping, kind)`` of upserts rejected since the last call (for state marks)."""
         keys, self.rejected_keys = self.rejected_keys, []
         return keys
 
@@ -78,8 +80,13 @@ class MessageFanout:
         tallies = accounting.mappings
         targets = self._targets
         rejected = self.rejected_keys
+        by_name = self._by_name
         for kind, key, row, token, _version, cursor_value, pending in changes:
-            for name, builder, space in targets[kind]:
+            # An unchanged record comes back only to be built again through the mappings that rejected it.
+            chosen = (
+                targets[kind] if kind is not _UNCHANGED else [by_name[n] for n in pending if n in by_name]
+            )
+            for name, builder, space in chosen:
                 tallies[name].selected += 1
                 try:
                     if row is None:
@@ -89,8 +96,8 @@ class MessageFanout:
                 except RecordRejected as rejection:
                     accounting.message(name, Outcome.REJECTED, key, rejection.reason, rejection.field)
                     if row is not None:
-                        rejected.append(key)
-                    if pending:
+                        rejected.append((key, name, kind))
+                    if name in pending:
                         accounting.rejected_carried_over += 1
                     continue
                 except MessageSkipped as skipped:

@@ -63,15 +63,17 @@ class Change(NamedTuple):
     """
     One record that has something to send.
 
-    :param kind: added, updated or deleted.
+    :param kind: added, updated or deleted; ``unchanged`` for a record built again only for its pending
+        mappings.
     :param key: the unique identifier as text.
     :param row: the record's values, or ``None`` for a deleted record.
     :param token: the change token that goes into derived message ids: the checksum in hex, followed in
         diff mode by ``.{version}`` (see ``docs/architecture.md``).
     :param version: the record's version after this change (diff mode; ``0`` in other modes).
     :param cursor_value: as in :class:`Record`.
-    :param pending: the record was rejected by an earlier run and is evaluated again (see
-        :meth:`~.detection.base.ChangeDetector.mark_rejected`).
+    :param pending: names of the mappings whose messages for this record an earlier run rejected (see
+        :meth:`~.detection.base.ChangeDetector.mark_rejected`). With ``kind`` ``unchanged`` the record is
+        built again through these mappings only.
     """
 
     kind: ChangeKind
@@ -80,7 +82,7 @@ class Change(NamedTuple):
     token: str
     version: int = 0
     cursor_value: Any = None
-    pending: bool = False
+    pending: tuple[str, ...] = ()
 
 
 class MessageRef(NamedTuple):

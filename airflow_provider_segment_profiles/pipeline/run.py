@@ -258,7 +258,7 @@ class SyncRun:
                     self.raise_if_cancelled()
                     changes = detector.detect(records)
                     if not upserts_all_sent:
-                        changes = [change for change in changes if change.kind in sent_kinds]
+                        changes = [c for c in changes if c.kind in sent_kinds or c.pending]
                     self.raise_if_cancelled()
                     detector.write_ahead(changes)
                     fanout.send(changes, dispatcher.add, settle)

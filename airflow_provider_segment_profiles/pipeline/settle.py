@@ -85,7 +85,7 @@ class Settler:
         self.check_cancelled()
         failed: list[str] = []
         failed_deletes: list[str] = []
-        rejected: list[str] = []
+        rejected: list[tuple[str, str, str]] = []
         count = self.accounting.message
         delivered = 0
         for done in completions:
@@ -98,7 +98,7 @@ class Settler:
             elif done.outcome == Outcome.DELIVERED:
                 delivered += 1
             elif ref.kind != ChangeKind.DELETED:  # rejected by the hook (too large once encoded)
-                rejected.append(ref.key)
+                rejected.append((ref.key, ref.mapping, ref.kind))
         self.progress.delivered += delivered
         if failed:
             self.detector.mark_failed(failed)

@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_segment_profiles.actions import (
     BuiltMessage,
+    MessageSkipped,
     RecordRejected,
     compile_mappings,
     get_action,
@@ -492,7 +493,16 @@ ALL_STATUSES_X = {
     ("inputs", "reason"),
     [
         pytest.param({"traits": {"name": "only traits"}}, SV1, id="SE1-SV1"),
-        pytest.param({"email": "a@x.com", "phone": "+1", "ios_push_token": "it"}, SV2, id="SE2-SV2"),
+        pytest.param(
+            {
+                "email": "a@x.com",
+                "phone": "+1",
+                "ios_push_token": "it",
+                "subscription_groups": {"news": None},
+            },
+            SV2,
+            id="SE2-SV2",
+        ),
         pytest.param({"email_subscription_status": "true", "phone": "+1"}, SV3, id="SE3-SV3"),
         pytest.param(
             {
@@ -528,7 +538,18 @@ def test_sv_rules_wording_matches_segment():
     assert SV8.startswith("Invalid Subscription Status in `Email_Subscription` or `Sms_Subscription`")
 
 
+def test_every_status_null_is_skipped_not_rejected():
+    """Segment answers SV2 when no status is given; here a NULL status means "no change", so a record with
+    nothing but NULL statuses has nothing to send: skipped, not bad data (docs/mappings.md)."""
+    with pytest.raises(MessageSkipped, match="every subscription status is NULL or empty") as caught:
+        run_vector("send_subscriptions", {"email": "a@x.com", "phone": "+1", "ios_push_token": "it"})
+    assert caught.value.field.startswith("email_subscription_status")
+
+
 def test_sv_rules_come_before_our_id_rule():
     """Segment's rules run first, in its order; our user_id/anonymous_id requirement is checked last."""
-    assert rejection("send_subscriptions", {"phone": "+1"}).reason == SV2
+    assert (
+        rejection("send_subscriptions", {"phone": "+1", "subscription_groups": {"news": "true"}}).reason
+        == SV2
+    )
     assert rejection("send_subscriptions", {**ALL_KEYS, **ALL_STATUSES_X, "user_id": "u"}).reason == SV8

@@ -44,7 +44,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_segment_profiles.actions import MappingConfigError, RecordRejected, compile_mappings
+from airflow_provider_segment_profiles.actions import (
+    MappingConfigError,
+    MessageSkipped,
+    RecordRejected,
+    compile_mappings,
+)
 from airflow_provider_segment_profiles.actions.payloads import MISSING_IDS
 from airflow_provider_segment_profiles.actions.subscriptions import SV1, SV2, SV3, SV4, SV5, SV6, SV7, SV8
 
@@ -701,6 +706,7 @@ class ProviderResult:
     message: dict[str, Any] | None = None
     rejection: RecordRejected | None = None
     config_error: MappingConfigError | None = None
+    skipped: MessageSkipped | None = None
 
 
 def run_provider(case: Case) -> ProviderResult:
@@ -714,6 +720,8 @@ def run_provider(case: Case) -> ProviderResult:
         built = builder.build(case.row, primary_key=case.row[0], checksum=CHECKSUM)
     except RecordRejected as rejection:
         return ProviderResult(rejection=rejection)
+    except MessageSkipped as skipped:
+        return ProviderResult(skipped=skipped)
     assert json.loads(built.encoded) == built.message
     return ProviderResult(message=json.loads(built.encoded))
 
@@ -1106,6 +1114,10 @@ def compare(case: Case, ours: ProviderResult, theirs: dict[str, Any]) -> Verdict
         if has_proto_key(case.fields):
             return Verdict("differs", ["proto-key-in-mapping"])
         return Verdict("differs", ["unclassified"])
+    if ours.skipped is not None:
+        # Neither sends anything: Segment refuses the record (SV2, or an earlier check such as the timestamp),
+        # the provider counts it as skipped instead of rejected. Segment sending it would be a new difference.
+        return Verdict("differs", ["unclassified" if theirs["ok"] else "nothing-to-send"])
     if ours.rejection is not None:
         if not theirs["ok"]:
             return Verdict("rejected by both", [])
@@ -1163,9 +1175,7 @@ def documented_kinds() -> set[str]:
 
 def describe(case: Case, ours: ProviderResult, theirs: dict[str, Any]) -> str:
     provider = (
-        ours.message
-        if ours.message is not None
-        else str(ours.rejection if ours.rejection is not None else ours.config_error)
+        ours.message if ours.message is not None else str(ours.rejection or ours.skipped or ours.config_error)
     )
     segment = theirs.get("batch", [None])[0] if theirs["ok"] else theirs["error"]
     return json.dumps(

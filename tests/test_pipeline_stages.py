@@ -290,7 +290,10 @@ def test_fanout_settles_completions_that_delivery_returns_meanwhile():
 # -- settling --------------------------------------------------------------------------------------------------
 class _Marks:
     def __init__(self):
-        self.failed, self.delete_failed = [], []
+        self.failed, self.delete_failed, self.rejected = [], [], []
+
+    def mark_rejected(self, keys):
+        self.rejected.extend(keys)
 
     def mark_failed(self, keys):
         self.failed.extend(keys)
@@ -315,6 +318,7 @@ def test_settling_counts_outcomes_and_marks_undelivered_records():
         ]
     )
     assert (marks.failed, marks.delete_failed) == (["2"], ["4"])
+    assert marks.rejected == [("3", "identify", ADDED)]
     assert settle.failed_cursor_values == [11]
     assert progress.delivered == 1
     assert accounting.messages == {"delivered": 1, "rejected": 1, "failed": 2}

@@ -246,6 +246,9 @@ def direct_runner(sandbox: Sandbox, **settings_: Any) -> DirectRunner:
             "max_events_per_second": None,
             "progress_interval_s": 0.0,
             "request_retry_policy": {"max_attempts": 1},
+            # The sequences delete most or all records on purpose; the delete guard has tests of its own
+            # (tests/test_reliability_safety.py).
+            "max_deleted_fraction": None,
             **settings_,
         },
         sandbox.dir / "state",
@@ -359,7 +362,10 @@ def test_customers_converge_through_dag_runs(ops: list[tuple], airflow_db, monke
         sandbox.warehouse.execute("CREATE TABLE customers (id INTEGER, name TEXT, email TEXT, plan TEXT)")
         harness = DagHarness(sandbox.warehouse, sandbox.emulator, sandbox.dir / "state", monkeypatch, "prop")
         harness.operator.update(
-            batch_size=2, max_requests_in_flight=1, request_retry_policy={"max_attempts": 1}
+            batch_size=2,
+            max_requests_in_flight=1,
+            request_retry_policy={"max_attempts": 1},
+            max_deleted_fraction=None,  # random sequences delete most records on purpose
         )
 
         def run_dag() -> dict[str, Any]:

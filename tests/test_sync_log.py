@@ -105,13 +105,20 @@ def _sync_log_dag_runs(h: DagHarness, wh: Any, table: str) -> None:
     assert second.state == "success"
     rows = _rows(wh, table)
     new = [r for r in rows if r["run_id"] == second.run_id]
-    assert len(rows) == 17
+    # Customers 1, 3 and 4 are unchanged but still pending for "stamped", which rejected them: it builds
+    # them again (and rejects them again); customer 2's update goes to identify, customer 5's deletion to
+    # the deleted mapping.
+    assert len(rows) == 20
     assert sorted((r["primary_key"], r["mapping"], r["change_kind"], r["outcome"]) for r in new) == [
+        ("1", "stamped", "unchanged", "rejected"),
         ("2", "identify", "updated", "delivered"),
+        ("3", "stamped", "unchanged", "rejected"),
+        ("4", "stamped", "unchanged", "rejected"),
         ("5", "deleted", "deleted", "delivered"),
     ]
     ids = _message_ids(second.sent)
-    assert {r["message_id"] for r in new} == set(ids.values())
+    assert {r["message_id"] for r in new if r["outcome"] == "delivered"} == set(ids.values())
+    _assert_free_of_secrets_and_values(rows, wh)
 
     # The support query of docs/lineage.md: what became of customer 3, newest first.
     why = wh.query(
@@ -119,6 +126,7 @@ def _sync_log_dag_runs(h: DagHarness, wh: Any, table: str) -> None:
         "WHERE primary_key = '3' ORDER BY logged_at DESC, mapping"
     )
     assert why == [
+        (second.run_id, "stamped", "unchanged", "rejected", "invalid value", "timestamp"),
         (first.run_id, "identify", "added", "delivered", None, None),
         (first.run_id, "signed_up", "added", "delivered", None, None),
         (first.run_id, "stamped", "added", "rejected", "invalid value", "timestamp"),
@@ -327,3 +335,31 @@ def test_table_names_that_are_not_plain_identifiers_are_refused(name: str) -> No
             try_number=1,
             log=_Log(),
         )
+
+
+def test_skipped_messages_are_logged_with_their_reason(rel_harness: DagHarness) -> None:
+    """A Send Subscriptions record whose statuses are all NULL has nothing to send: ``skipped``."""
+    from airflow_provider_segment_profiles.actions.subscriptions import NOTHING_TO_SEND, STATUS_FIELDS
+
+    h = rel_harness
+    create_customers(h.warehouse, range(1, 4))
+    subscriptions = {
+        "name": "subs",
+        "action": "send_subscriptions",
+        "fields": {
+            "user_id": {"column": "id"},
+            "email": {"column": "email"},
+            "email_subscription_status": {"column": "status"},
+        },
+    }
+    run = h.run(
+        sql="SELECT id, name, email, plan, CAST(NULL AS TEXT) AS status FROM customers",
+        mappings=[subscriptions],
+        sync_log_table="segment_sync_log",
+    )
+    assert run.state == "success"
+    assert run.sent == []
+    rows = _rows(h.warehouse, "segment_sync_log")
+    assert sorted(
+        (r["primary_key"], r["outcome"], r["reason"], r["field"], r["message_id"]) for r in rows
+    ) == [(str(i), "skipped", NOTHING_TO_SEND, ", ".join(STATUS_FIELDS), None) for i in range(1, 4)]

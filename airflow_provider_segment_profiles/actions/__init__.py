@@ -22,7 +22,11 @@ shapes and Segment's rules), :mod:`.json_values` (warehouse value policy), :mod:
 
 from __future__ import annotations
 
-from airflow_provider_segment_profiles.actions.errors import MappingConfigError, RecordRejected
+from airflow_provider_segment_profiles.actions.errors import (
+    MappingConfigError,
+    MessageSkipped,
+    RecordRejected,
+)
 from airflow_provider_segment_profiles.actions.mapping import (
     DEFAULT_TRIGGER,
     MAX_MAPPINGS,
@@ -56,6 +60,7 @@ __all__ = [
     "CompiledMapping",
     "FieldSpec",
     "MappingConfigError",
+    "MessageSkipped",
     "RecordBuilder",
     "RecordRejected",
     "actions",

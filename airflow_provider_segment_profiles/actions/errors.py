@@ -54,6 +54,41 @@ class RecordRejected(Exception):
         )
 
 
+class MessageSkipped(Exception):
+    """
+    One record has nothing to send through one mapping (for Send Subscriptions: every status is NULL or
+    empty, which ``docs/mappings.md`` defines as "no change"). Not bad data: the caller counts the message
+    as ``skipped`` and reports ``str(exc)``; nothing is sent and the record is synced.
+
+    :param mapping: the mapping's name.
+    :param primary_key: the record's primary-key value, as text.
+    :param field: the fields that had nothing to send.
+    :param reason: why nothing is sent.
+    """
+
+    def __init__(self, mapping: str, primary_key: str, field: str, reason: str) -> None:
+        super().__init__(mapping, primary_key, field, reason)
+        self.mapping = mapping
+        self.primary_key = primary_key
+        self.field = field
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"record with primary key {self.primary_key!r} skipped by mapping {self.mapping!r} "
+            f"at field {self.field!r}: {self.reason}"
+        )
+
+
+class NothingToSend(Exception):
+    """Internal: a record has nothing to send; becomes :class:`MessageSkipped` with the record's key."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.field = field
+        self.reason = reason
+
+
 class FieldRejected(Exception):
     """
     Internal: a field value fails; carries the field path and reason until the record's primary key and

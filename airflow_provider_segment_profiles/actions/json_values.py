@@ -28,6 +28,11 @@ Python value (as DB-API drivers give)  JSON sent
                                        pipeline drops it.
 ``list``/``tuple``/``set``             arrays, converted recursively; sets are sorted when sortable.
 ``Enum``                               its ``value``, converted.
+``UnreadableValue``                    a value the driver cannot hold (PostgreSQL ``infinity``, BC dates,
+                                       years after 9999, ``24:00:00``;
+                                       :mod:`~airflow_provider_segment_profiles.pipeline.driver_values`): the
+                                       warehouse's own text plus a warning. JSON nested deeper than
+                                       Python parses rejects the record.
 anything else                          ``str(value)`` plus a warning.
 =====================================  ==============================================================
 
@@ -50,6 +55,7 @@ from uuid import UUID
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected
 from airflow_provider_segment_profiles.actions.timestamps import format_date, format_datetime, format_time
+from airflow_provider_segment_profiles.pipeline.driver_values import UnreadableValue
 
 #: Largest integer JavaScript represents exactly (``Number.MAX_SAFE_INTEGER``).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -189,6 +195,13 @@ def decimal_to_json(value: Decimal, path: str, warnings: list[str]) -> Any:
     return format(value, "f")
 
 
+def _unreadable_to_json(value: UnreadableValue, path: str, warnings: list[str]) -> str:
+    if not value.sendable_as_text:  # JSON too deep for Python: rejected, as a structure over the limit is
+        raise FieldRejected(path, value.describe())
+    warnings.append(f"{path}: {value.describe()}; sent as the warehouse's text")
+    return value.text
+
+
 #: Exact types DB-API drivers commonly return, converted without walking ``_convert_other``'s checks.
 _CONVERTERS_BY_EXACT_TYPE: dict[type, Any] = {
     Decimal: decimal_to_json,
@@ -197,6 +210,7 @@ _CONVERTERS_BY_EXACT_TYPE: dict[type, Any] = {
     time: lambda value, path, warnings: format_time(value),
     UUID: lambda value, path, warnings: str(value),
     bytes: lambda value, path, warnings: base64.b64encode(value).decode("ascii"),
+    UnreadableValue: _unreadable_to_json,
 }
 
 

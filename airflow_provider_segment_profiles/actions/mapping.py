@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected, MappingConfigError
@@ -186,8 +186,7 @@ class CompiledMapping:
         problems = []
         for column, path in self._column_refs:
             if counts[column] == 0:
-                near = by_lower.get(column.lower())
-                hint = f"; did you mean {near!r}? (names are case-sensitive)" if near else ""
+                hint = _column_hint(column, by_lower)
                 problems.append(
                     f"{self._label()} at {path}: column {column!r} is not in the query result{hint} "
                     f"(result columns: {_preview(result_columns)})"
@@ -202,6 +201,7 @@ class CompiledMapping:
                 if counts[column] == 0:
                     problems.append(
                         f"{self._label()} at {path}.exclude: column {column!r} is not in the query result"
+                        + _column_hint(column, by_lower)
                     )
             if counts["__proto__"] and "__proto__" not in star.exclude:
                 problems.append(
@@ -247,6 +247,19 @@ def _field_columns(form: Any, path: str, found: list[tuple[str, str]]) -> None:
     elif isinstance(form, ObjectForm):
         for key, child in form.entries:
             _field_columns(child, join_path(path, key), found)
+
+
+def _column_hint(column: str, by_lower: Mapping[str, str]) -> str:
+    """
+    ``"; did you mean 'X'?"`` for a result column spelt like ``column``: the same name in another case,
+    else the closest name ignoring case (``difflib``, as for action and field names); ``""`` when none is
+    close.
+    """
+    near = by_lower.get(column.lower())
+    if near is not None:
+        return f"; did you mean {near!r}? (names are case-sensitive)"
+    close = difflib.get_close_matches(column.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _preview(columns: Sequence[str], limit: int = 20) -> str:

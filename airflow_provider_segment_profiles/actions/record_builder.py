@@ -15,7 +15,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.actions.errors import FieldRejected, RecordRejected
+from airflow_provider_segment_profiles.actions.errors import (
+    FieldRejected,
+    MessageSkipped,
+    NothingToSend,
+    RecordRejected,
+)
 from airflow_provider_segment_profiles.actions.json_values import (
     MISSING,
     coerce_to_nullable_string,
@@ -301,6 +306,8 @@ class RecordBuilder:
         :return: the message, its encoding and any warnings.
         :raises RecordRejected: the record cannot become a valid call (schema, E0, subscription rules,
             unparseable timestamp, invalid JSON text, message over :data:`MAX_MESSAGE_BYTES`, ...).
+        :raises MessageSkipped: the record has nothing to send through this mapping (Send Subscriptions with
+            every status NULL or empty).
         """
         return self._build(row, primary_key, checksum, self._upsert_prefix)
 
@@ -358,6 +365,8 @@ class RecordBuilder:
                 _reject_oversize(message, len(encoded))
         except FieldRejected as exc:
             raise RecordRejected(self.mapping_name, str(primary_key), exc.field, exc.reason) from None
+        except NothingToSend as exc:
+            raise MessageSkipped(self.mapping_name, str(primary_key), exc.field, exc.reason) from None
         except _UNEXPECTED_DATA_ERRORS as exc:
             raise RecordRejected(
                 self.mapping_name, str(primary_key), "record", f"a value could not be converted: {exc!r}"

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_segment_profiles.actions.errors import FieldRejected
+from airflow_provider_segment_profiles.actions.errors import FieldRejected, NothingToSend
 from airflow_provider_segment_profiles.actions.json_values import join_path, js_string
 
 SUBSCRIBED = "SUBSCRIBED"
@@ -81,6 +81,8 @@ SV2 = (
     "`Sms_Subscription` or `Whatsapp_Subscription` or `Ios_Push_Subscription` or `Android_Push_Subscription` "
     "must be defined."
 )
+#: Why a Send Subscriptions record whose statuses are all NULL or empty is skipped, not rejected.
+NOTHING_TO_SEND = "every subscription status is NULL or empty, which means no change: nothing to send"
 SV3 = "A valid `Email` must be defined for `Email_Subscription`."
 SV4 = "`Email_Subscription` must be defined if Subscription Groups are present."
 SV5 = "A valid `Phone` must be defined for `Sms_Subscription` or `Whatsapp_Subscription`."
@@ -152,6 +154,9 @@ def subscription_context(values: Mapping[str, Any]) -> tuple[list[dict[str, Any]
     if not (email or phone or android_token or ios_token):
         raise FieldRejected(", ".join(KEY_FIELDS), SV1)
     if not (email_status or sms_status or whatsapp_status or android_status or ios_status):
+        if not groups:
+            # Segment's destination answers SV2; here NULL means "no change" (docs/mappings.md): skipped.
+            raise NothingToSend(", ".join(STATUS_FIELDS), NOTHING_TO_SEND)
         raise FieldRejected(", ".join(STATUS_FIELDS), SV2)
     if email_status and not email:
         raise FieldRejected("email", SV3)

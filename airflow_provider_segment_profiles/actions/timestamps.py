@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected
+from airflow_provider_segment_profiles.pipeline.driver_values import UnreadableValue
 
 #: Epoch numbers at or above this magnitude are milliseconds, below it seconds. 1e11 seconds is the year
 #: 5138, while 1e11 milliseconds is 1973-03-03, so only millisecond values before March 1973 are misread.
@@ -119,7 +120,8 @@ def normalize_timestamp(value: object, warnings: list[str], field: str = "timest
     :return: ``None`` for null or empty text (the caller drops the field); the UTC text; or, for a
         value that is neither text nor a number (a boolean, an object), the value unchanged so that the
         action's JSON Schema rejects it with Segment's wording.
-    :raises FieldRejected: text or numbers that are not a timestamp, out-of-range values, a bare time.
+    :raises FieldRejected: text or numbers that are not a timestamp, out-of-range values, a bare time,
+        a value the driver could not hold (an ``UnreadableValue``: PostgreSQL ``infinity``, a BC date).
     """
     if type(value) is datetime:
         parsed = value
@@ -144,6 +146,8 @@ def normalize_timestamp(value: object, warnings: list[str], field: str = "timest
         raise FieldRejected(field, f"a time of day without a date ({value.isoformat()}) is not a timestamp")
     elif isinstance(value, dict | list | tuple):
         return value
+    elif isinstance(value, UnreadableValue):
+        raise FieldRejected(field, f"{value.describe()}; it cannot be sent as a timestamp")
     else:
         raise FieldRejected(field, f"a {type(value).__name__} value cannot be read as a timestamp")
     text = format_datetime(parsed)

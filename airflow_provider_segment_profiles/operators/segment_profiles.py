@@ -19,8 +19,13 @@ from airflow_provider_segment_profiles.exceptions import (
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 from airflow_provider_segment_profiles.operators.assets import attach_summary
 from airflow_provider_segment_profiles.operators.lineage import lineage_facts, operator_lineage
-from airflow_provider_segment_profiles.operators.summary import format_summary, threshold_breach
+from airflow_provider_segment_profiles.operators.summary import (
+    delete_guard_breach,
+    format_summary,
+    threshold_breach,
+)
 from airflow_provider_segment_profiles.pipeline.config import (
+    DEFAULT_MAX_DELETED_FRACTION,
     DEFAULT_MAX_EVENTS_PER_SECOND,
     SyncConfig,
     check_settings,
@@ -89,6 +94,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
         is rejected for bad data; state is committed first. Default 0.1.
     :param max_failed_fraction: fail the task (retryable) when more than this fraction of selected messages
         could not be delivered; state is committed first, so a retry sends only those. Default 0.0.
+    :param max_deleted_fraction: the mass-delete guard (diff mode): when a run would delete more than this
+        fraction of the records the committed state holds, no delete is sent, those records stay in state,
+        adds and updates are synced as usual, and the task fails without retry naming the counts. Default
+        0.5; ``None`` disables it. Templated (``"{{ params.max_deleted_fraction }}"``), so one run can be let
+        through from the Trigger dialog.
     :param request_retry_policy: :class:`RetryPolicy` or a dict of its fields, for requests to Segment
         (named apart from Airflow's own task-level ``retry_policy``).
     :param request_timeout: ``(connect, read)`` HTTP timeouts in seconds.
@@ -113,6 +123,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         "dry_run_path",
         "full_refresh",
         "dry_run",
+        "max_deleted_fraction",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "parameters": "json", "mappings": "json"}
@@ -141,6 +152,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND,
         max_rejected_fraction: float = 0.1,
         max_failed_fraction: float = 0.0,
+        max_deleted_fraction: float | str | None = DEFAULT_MAX_DELETED_FRACTION,
         request_retry_policy: RetryPolicy | dict[str, float] | None = None,
         request_timeout: tuple[float, float] = (10.0, 30.0),
         progress_interval_s: float = 10.0,
@@ -168,6 +180,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.max_events_per_second = max_events_per_second
         self.max_rejected_fraction = max_rejected_fraction
         self.max_failed_fraction = max_failed_fraction
+        self.max_deleted_fraction = max_deleted_fraction
         self.request_retry_policy = RetryPolicy.coerce(request_retry_policy)
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
@@ -186,6 +199,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
             fractions={
                 "max_rejected_fraction": max_rejected_fraction,
                 "max_failed_fraction": max_failed_fraction,
+                "max_deleted_fraction": None
+                if _holds_template(max_deleted_fraction)
+                else _as_fraction("max_deleted_fraction", max_deleted_fraction),
             },
         )
         for name in ("full_refresh", "dry_run"):
@@ -250,7 +266,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     "primary_key": self.primary_key,
                     "cursor_column": self.cursor_column,
                 },
-                earlier_xcom_state=lambda first_run: self._newest_xcom_state(ti, first_run),
+                earlier_xcom_state=lambda first_run: self._newest_xcom_state(context, first_run),
                 log=self.log,
             )
             destinations = {} if config.dry_run else {c: hook.destination_id for c, hook in hooks.items()}
@@ -295,7 +311,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if state is not None:
             ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
         self.log.info("%s", format_summary(summary))
-        breach = (
+        breach = delete_guard_breach(summary, self.task_id) or (
             None
             if config.dry_run
             else threshold_breach(summary, self.max_rejected_fraction, self.max_failed_fraction)
@@ -355,6 +371,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             fetch_size=self.fetch_size,
             max_requests_in_flight=self.max_requests_in_flight,
             max_events_per_second=self.max_events_per_second,
+            max_deleted_fraction=_as_fraction("max_deleted_fraction", self.max_deleted_fraction),
             progress_interval_s=self.progress_interval_s,
         )
 
@@ -386,13 +403,23 @@ class SegmentProfilesSyncOperator(BaseOperator):
             self._warn_if_distributed(location)
         return location
 
-    def _newest_xcom_state(self, ti: Any, first_run: bool) -> SyncState | None:
-        """The newest state an earlier run of this task pushed to XCom (the lost-state tripwire)."""
+    def _newest_xcom_state(self, context: Context, first_run: bool) -> SyncState | None:
+        """
+        The newest state an earlier run of this task pushed to XCom (the lost-state tripwire), or ``None``.
+
+        With no committed state under ``state_path`` and no earlier successful DAG run
+        (``prev_start_date_success``, https://airflow.apache.org/docs/apache-airflow/stable/templates-ref.html),
+        this is a first run: nothing is pulled, because Airflow logs a missing XCom as an error.
+        """
+        ti = context["ti"]
         if first_run:
-            self.log.info(
-                "No committed state under state_path: checking XCom for state of earlier runs. On a first "
-                "run Airflow logs 'XCom not found' here, which is expected"
-            )
+            earlier_success = context.get("prev_start_date_success", True)  # unknown outside Airflow: check
+            if not earlier_success:
+                self.log.info(
+                    "No committed state under state_path and no earlier successful run: a first sync"
+                )
+                return None
+            self.log.info("No committed state under state_path: checking XCom for state of earlier runs")
         try:
             pulled = ti.xcom_pull(
                 task_ids=self.task_id,
@@ -432,6 +459,29 @@ def _airflow_error(err: SegmentProfilesError) -> Exception:
 
 def _holds_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
+
+
+def _as_fraction(name: str, value: Any) -> float | None:
+    """
+    A fraction parameter as given or as a template rendered it (``None``, ``"None"`` or ``""`` disable it).
+
+    :raises ConfigurationError: for a value that is not a number between 0 and 1.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none", "null"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be a number between 0 and 1 or None, not {text!r}"
+            ) from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"{name} must be a number between 0 and 1 or None, not {value!r}")
+    return float(value)
 
 
 def _as_bool(name: str, value: Any) -> bool:

@@ -11,25 +11,85 @@ except ImportError:  # Airflow 3.1
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small table for the task log (counts per record change and per mapping)."""
+    """
+    The summary as the task log shows it: a table of record changes and of messages per mapping, then the
+    problems grouped by (outcome, mapping, field, reason) with a count and one example key each, and where
+    the report and the dry run's payloads are. Starts and ends with a line break, so the table stands on
+    lines of its own in the Airflow UI whatever the log format adds around a message.
+    """
     records, messages = summary["records"], summary["messages"]
-    lines = [
-        f"{'dry run ' if summary.get('dry_run') else ''}sync summary ({summary['sync_mode']}) in "
-        f"{summary['duration_s']} s",
-        f"  rows read  {summary['rows_read']:>10}",
-        *(f"  {k:<10} {v:>10}" for k, v in records.items()),
-        f"  {'mapping':<30} {'delivered':>10} {'rejected':>10} {'failed':>10}",
-        *(
-            f"  {name:<30} {m['delivered']:>10} {m['rejected']:>10} {m['failed']:>10}"
-            for name, m in summary["mappings"].items()
-        ),
-        f"  {'total':<30} {messages['delivered']:>10} {messages['rejected']:>10} {messages['failed']:>10}",
-    ]
-    if summary.get("warnings"):
+    skipped = summary.get("skipped") or {"total": 0, "mappings": {}}
+    title = f"{'Dry run s' if summary.get('dry_run') else 'S'}ync summary ({summary['sync_mode']}"
+    title += ", full refresh" if summary.get("full_refresh") else ""
+    title += f") in {summary['duration_s']:,} s"
+    lines = ["", title, f"  {'rows read':<12} {summary['rows_read']:>12,}"]
+    lines += [f"  {kind:<12} {count:>12,}" for kind, count in records.items()]
+    header = f"  {'mapping':<30} {'delivered':>11} {'rejected':>10} {'failed':>10} {'skipped':>10}"
+    lines += ["", header]
+    for name, counts in summary["mappings"].items():
         lines.append(
-            f"  {summary['warnings']} warnings: values changed to make messages sendable (each in the report)"
+            f"  {name:<30} {counts['delivered']:>11,} {counts['rejected']:>10,} {counts['failed']:>10,} "
+            f"{skipped['mappings'].get(name, 0):>10,}"
         )
-    return "\n".join(lines)
+    lines.append(
+        f"  {'total':<30} {messages['delivered']:>11,} {messages['rejected']:>10,} {messages['failed']:>10,} "
+        f"{skipped['total']:>10,}"
+    )
+    if summary.get("rejected_carried_over"):
+        lines.append(
+            f"  {summary['rejected_carried_over']:,} of the rejected messages are of records rejected by an "
+            "earlier run too (they are evaluated again every run until they are delivered)"
+        )
+    if summary.get("warnings"):
+        lines.append(f"  {summary['warnings']:,} warnings: values changed to make messages sendable")
+    held = summary.get("deletes_held")
+    if held:
+        lines.append(
+            f"  deletes held by the delete guard: {held['would_delete']:,} of {held['committed_records']:,} "
+            "committed records"
+        )
+    groups = [g for g in summary.get("problem_groups") or [] if g["outcome"] != "warning"]
+    warnings = [g for g in summary.get("problem_groups") or [] if g["outcome"] == "warning"]
+    for heading, chosen in (("Problems", groups), ("Warnings", warnings)):
+        if chosen:
+            lines += ["", f"{heading} (count, outcome, mapping, field: reason of the first, e.g. its key):"]
+            lines += [
+                f"  {g['count']:>8,}  {g['outcome']:<8} {g['mapping'] or '(record)'} {g['field'] or ''}: "
+                f"{_shorten(g['reason'])} (e.g. primary key {g['example_primary_key']!r})"
+                for g in chosen[:10]
+            ]
+    lines.append("")
+    if summary.get("report_path"):
+        lines.append(f"Report of every problem: {summary['report_path']}")
+    if summary.get("dry_run_path"):
+        lines.append(f"Payloads this dry run would send: {summary['dry_run_path']}")
+    if summary.get("state_generation") is not None:
+        lines.append(f"Committed state generation {summary['state_generation']:,}")
+    return "\n".join(lines) + "\n"
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def delete_guard_breach(summary: dict[str, Any], task_id: str) -> Exception | None:
+    """
+    The ``AirflowFailException`` of a run whose deletes the mass-delete guard held, else ``None``. The run's
+    adds and updates were committed; the message names the counts and how to let the deletes through.
+    """
+    held = summary.get("deletes_held")
+    if not held:
+        return None
+    would, committed, limit = held["would_delete"], held["committed_records"], held["max_deleted_fraction"]
+    return AirflowFailException(
+        f"Delete guard: no delete was sent. To let these deletes through, run {task_id!r} once with "
+        "max_deleted_fraction=None (or a higher fraction; from the Trigger dialog when the DAG templates it, "
+        "see docs/operator.md).\n"
+        f"This run would have deleted {would:,} of the {committed:,} records the committed state holds "
+        f"({would / committed:.1%} > max_deleted_fraction {limit:.1%}): is the model empty or broken upstream? "
+        "Its adds and updates were synced and committed; the missing records stay in state and count as "
+        "deleted again next run."
+    )
 
 
 def threshold_breach(

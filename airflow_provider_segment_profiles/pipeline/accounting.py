@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -11,6 +12,10 @@ from airflow_provider_segment_profiles.exceptions import AccountingMismatch
 
 #: Most rejected or failed examples kept in the summary (the report file has all of them).
 MAX_SAMPLES = 20
+#: Most distinct (outcome, mapping, field, reason) groups counted for the task log.
+MAX_GROUPS = 200
+#: Quoted values and numbers in a reason, masked so that reasons of the same kind group together.
+_VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|(?<![\w.])\d[\d.,:+\-]*")
 
 
 @dataclass
@@ -21,6 +26,7 @@ class MappingTally:
     delivered: int = 0
     rejected: int = 0
     failed: int = 0
+    skipped: int = 0
 
 
 @dataclass
@@ -30,7 +36,7 @@ class SyncAccounting:
 
     Records: every row read is exactly one of added, updated, unchanged or rejected (NULL or duplicate
     unique identifier, NULL cursor); deleted records are counted apart (they are not rows of this run).
-    Messages: every message a mapping selects is exactly one of delivered, rejected or failed.
+    Messages: every message a mapping selects is exactly one of delivered, rejected, failed or skipped.
 
     :param mapping_names: names of the operator's mappings, in order.
     :param report: binary file receiving one NDJSON line per rejected or failed record/message and per
@@ -46,11 +52,15 @@ class SyncAccounting:
     rejected_samples: list[dict[str, Any]] = field(default_factory=list)
     failed_samples: list[dict[str, Any]] = field(default_factory=list)
     problems_reported: int = 0
+    #: Rejected messages of records an earlier run had rejected too (pending records evaluated again).
+    rejected_carried_over: int = 0
     #: The run's :class:`~.sync_log.SyncLog`, or ``None``; the stages that see outcomes hand them to it.
     sync_log: Any = None
 
     def __post_init__(self) -> None:
         self.mappings = {name: MappingTally() for name in self.mapping_names}
+        #: (outcome, mapping, field, reason with values masked) -> [count, first primary key, first reason]
+        self._groups: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
 
     def reject_record(self, primary_key: str | None, reason: str, field_: str | None = None) -> None:
         """A row that cannot be synced at all (its unique identifier is NULL or repeated, or its cursor bad)."""
@@ -86,6 +96,13 @@ class SyncAccounting:
     def _report(self, entry: dict[str, Any]) -> None:
         self.problems_reported += 1
         outcome = entry["outcome"]
+        group_key = (outcome, entry["mapping"], entry.get("field"), _VALUES.sub("…", entry["reason"]))
+        group = self._groups.get(group_key)
+        if group is None:
+            if len(self._groups) < MAX_GROUPS:
+                self._groups[group_key] = [1, entry["primary_key"], entry["reason"]]
+        else:
+            group[0] += 1
         target = (
             self.rejected_samples
             if outcome == "rejected"
@@ -120,10 +137,10 @@ class SyncAccounting:
                 f"rows read {self.rows_read} != added+updated+unchanged+rejected {counted} ({dict(self.records)})"
             )
         for name, tally in self.mappings.items():
-            ended = tally.delivered + tally.rejected + tally.failed
+            ended = tally.delivered + tally.rejected + tally.failed + tally.skipped
             if ended != tally.selected:
                 problems.append(
-                    f"mapping {name!r}: selected {tally.selected} != delivered+rejected+failed {ended}"
+                    f"mapping {name!r}: selected {tally.selected} != delivered+rejected+failed+skipped {ended}"
                 )
         if problems:
             raise AccountingMismatch("Sync totals do not reconcile: " + "; ".join(problems))
@@ -138,8 +155,34 @@ class SyncAccounting:
                 name: {"delivered": t.delivered, "rejected": t.rejected, "failed": t.failed}
                 for name, t in self.mappings.items()
             },
+            # Apart from "messages" and "mappings", whose keys are fixed: nothing was sent for these.
+            "skipped": {
+                "total": sum(t.skipped for t in self.mappings.values()),
+                "mappings": {name: t.skipped for name, t in self.mappings.items()},
+            },
             "rejected_samples": list(self.rejected_samples),
             "failed_samples": list(self.failed_samples),
+            "rejected_carried_over": self.rejected_carried_over,
+            "problem_groups": self.problem_groups(),
             "warnings": self.warnings,
             "requests": self.requests,
         }
+
+    def problem_groups(self, limit: int = 20) -> list[dict[str, Any]]:
+        """
+        Rejected, failed and skipped messages and warnings grouped by (outcome, mapping, field, reason with
+        its values masked), largest first: ``{outcome, mapping, field, reason, count, example_primary_key}``,
+        the reason being the first one seen of the group.
+        """
+        ordered = sorted(self._groups.items(), key=lambda item: -item[1][0])[:limit]
+        return [
+            {
+                "outcome": outcome,
+                "mapping": mapping,
+                "field": field_,
+                "reason": first_reason,
+                "count": count,
+                "example_primary_key": example,
+            }
+            for (outcome, mapping, field_, _), (count, example, first_reason) in ordered
+        ]

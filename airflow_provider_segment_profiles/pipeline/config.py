@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT, MAX_BATCH_MESSAGES
@@ -15,6 +15,9 @@ from airflow_provider_segment_profiles.pipeline.modes import SYNC_MODES, SyncMod
 #: Segment Engage ingests at most 1,000 events per second per Profile Space
 #: (https://segment.com/docs/engage/product-limits/); the default leaves room for other sources.
 DEFAULT_MAX_EVENTS_PER_SECOND = 800.0
+#: The mass-delete guard: a run that would delete more than this fraction of the committed records sends no
+#: delete (an emptied model, a truncated table mid-rebuild, a join that lost rows).
+DEFAULT_MAX_DELETED_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class SyncConfig:
     fetch_size: int = 5000
     max_requests_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND
+    max_deleted_fraction: float | None = DEFAULT_MAX_DELETED_FRACTION
     progress_interval_s: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> SyncMode:

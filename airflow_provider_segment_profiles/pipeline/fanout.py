@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from airflow_provider_segment_profiles.actions import CompiledMapping, RecordBuilder, RecordRejected
+from airflow_provider_segment_profiles.actions import (
+    CompiledMapping,
+    MessageSkipped,
+    RecordBuilder,
+    RecordRejected,
+)
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome, new
 
 if TYPE_CHECKING:
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
 
+_UNCHANGED = ChangeKind.UNCHANGED
 #: ``add(profile space connection id, encoded message, ref) -> completions``: :meth:`Dispatcher.add`.
 Add = Callable[[str, bytes, MessageRef], "list[Completion]"]
 #: Settles a list of completions (:class:`~.settle.Settler`).
@@ -49,15 +55,23 @@ class MessageFanout:
         self._targets: dict[ChangeKind, list[tuple[str, RecordBuilder, str]]] = {
             kind: [] for kind in ChangeKind
         }
+        self._by_name: dict[str, tuple[str, RecordBuilder, str]] = {}
         for mapping in mappings:
+            target = (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
+            self._by_name[mapping.name] = target
             for kind in mode.changes_selected(mapping.trigger):
-                self._targets[kind].append(
-                    (mapping.name, builders[mapping.name], space_conn_ids[mapping.name])
-                )
+                self._targets[kind].append(target)
+        #: ``(unique identifier, mapping, kind)`` of upserts a mapping rejected since :meth:`take_rejected`.
+        self.rejected_keys: list[tuple[str, str, str]] = []
         #: The sync log (``pipeline/sync_log.py``), or ``None``: only then do refs carry the message id.
         self.sync_log = accounting.sync_log
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
+
+    def take_rejected(self) -> list[tuple[str, str, str]]:
+        """``(unique identifier, mapping, kind)`` of upserts rejected since the last call (for state marks)."""
+        keys, self.rejected_keys = self.rejected_keys, []
+        return keys
 
     def send(self, changes: Sequence[Change], add: Add, settle: Settle) -> None:
         """
@@ -68,8 +82,14 @@ class MessageFanout:
         tallies = accounting.mappings
         targets = self._targets
         sync_log = self.sync_log
-        for kind, key, row, token, _version, cursor_value, _pending in changes:
-            for name, builder, space in targets[kind]:
+        rejected = self.rejected_keys
+        by_name = self._by_name
+        for kind, key, row, token, _version, cursor_value, pending in changes:
+            # An unchanged record comes back only to be built again through the mappings that rejected it.
+            chosen = (
+                targets[kind] if kind is not _UNCHANGED else [by_name[n] for n in pending if n in by_name]
+            )
+            for name, builder, space in chosen:
                 tallies[name].selected += 1
                 try:
                     if row is None:
@@ -80,6 +100,15 @@ class MessageFanout:
                     accounting.message(name, Outcome.REJECTED, key, rejection.reason, rejection.field)
                     if sync_log is not None:
                         sync_log.rejected(name, key, kind, rejection.field)
+                    if row is not None:
+                        rejected.append((key, name, kind))
+                    if name in pending:
+                        accounting.rejected_carried_over += 1
+                    continue
+                except MessageSkipped as skipped:
+                    accounting.message(name, Outcome.SKIPPED, key, skipped.reason, skipped.field)
+                    if sync_log is not None:
+                        sync_log.record(name, Outcome.SKIPPED, key, kind, skipped.reason, field=skipped.field)
                     continue
                 if built.warnings:
                     accounting.warn(name, key, built.warnings)

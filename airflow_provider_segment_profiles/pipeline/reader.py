@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import sqlparse
 
 from airflow_provider_segment_profiles.exceptions import ModelQueryError
+from airflow_provider_segment_profiles.pipeline.driver_values import install_safe_loaders
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -120,6 +121,7 @@ class ModelReader:
             the database refuses it as a programming error (syntax, unknown table, several statements).
         """
         self._conn = self.hook.get_conn()
+        install_safe_loaders(self._conn)  # values the driver cannot hold become per-record outcomes
         if isinstance(self._conn, sqlite3.Connection):
             # SQLite stores any bytes as TEXT; undecodable text would fail every run (see _decode_sqlite_text).
             self._conn.text_factory = _decode_sqlite_text

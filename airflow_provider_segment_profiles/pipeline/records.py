@@ -33,12 +33,14 @@ class Outcome(StrEnum):
     """
     What became of one message a mapping selected: ``delivered`` (Segment answered 2xx, or a dry run wrote
     it), ``rejected`` (bad data: it could not become a valid call, or is too large), ``failed`` (it could
-    not be delivered: a 4xx or the retries ran out).
+    not be delivered: a 4xx or the retries ran out), ``skipped`` (the record had nothing to send through
+    the mapping: nothing was sent, and it is not bad data).
     """
 
     DELIVERED = "delivered"
     REJECTED = "rejected"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class Record(NamedTuple):
@@ -61,15 +63,17 @@ class Change(NamedTuple):
     """
     One record that has something to send.
 
-    :param kind: added, updated or deleted.
+    :param kind: added, updated or deleted; ``unchanged`` for a record built again only for its pending
+        mappings.
     :param key: the unique identifier as text.
     :param row: the record's values, or ``None`` for a deleted record.
     :param token: the change token that goes into derived message ids: the checksum in hex, followed in
         diff mode by ``.{version}`` (see ``docs/architecture.md``).
     :param version: the record's version after this change (diff mode; ``0`` in other modes).
     :param cursor_value: as in :class:`Record`.
-    :param pending: the record was rejected by an earlier run and is evaluated again (see
-        :meth:`~.detection.base.ChangeDetector.mark_rejected`).
+    :param pending: names of the mappings whose messages for this record an earlier run rejected (see
+        :meth:`~.detection.base.ChangeDetector.mark_rejected`). With ``kind`` ``unchanged`` the record is
+        built again through these mappings only.
     """
 
     kind: ChangeKind
@@ -78,7 +82,7 @@ class Change(NamedTuple):
     token: str
     version: int = 0
     cursor_value: Any = None
-    pending: bool = False
+    pending: tuple[str, ...] = ()
 
 
 class MessageRef(NamedTuple):

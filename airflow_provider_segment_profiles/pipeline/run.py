@@ -64,6 +64,17 @@ def _long_lived_objects_frozen():
             gc.unfreeze()
 
 
+class DeletesHeld(NamedTuple):
+    """
+    The delete guard's finding: ``would_delete`` of the ``committed`` records were missing from the model,
+    more than ``limit`` (``max_deleted_fraction``) allows.
+    """
+
+    would_delete: int
+    committed: int
+    limit: float
+
+
 class SyncResult(NamedTuple):
     """
     :param summary: the run summary (keys in ``docs/operator.md``).
@@ -125,6 +136,8 @@ class SyncRun:
         self.sync_log = sync_log
         self._cancelled = threading.Event()
         self._source: RecordSource | None = None
+        #: Set when the delete guard held this run's deletes.
+        self.deletes_held: DeletesHeld | None = None
 
     def execute(self) -> SyncResult:
         """
@@ -187,6 +200,16 @@ class SyncRun:
             if dry_run_file is not None:
                 default = self.location.root / "dry_runs" / f"{self.run_tag}.ndjson"
                 summary["dry_run_path"] = upload(dry_run_file, config.dry_run_path, default, 1)
+        held = self.deletes_held
+        summary["deletes_held"] = (
+            None
+            if held is None
+            else {
+                "would_delete": held.would_delete,
+                "committed_records": held.committed,
+                "max_deleted_fraction": held.limit,
+            }
+        )
         summary.update(
             sync_mode=config.sync_mode,
             dry_run=config.dry_run,
@@ -241,12 +264,14 @@ class SyncRun:
                     self.raise_if_cancelled()
                     changes = detector.detect(records)
                     if not upserts_all_sent:
-                        changes = [change for change in changes if change.kind in sent_kinds]
+                        changes = [c for c in changes if c.kind in sent_kinds or c.pending]
                     self.raise_if_cancelled()
                     detector.write_ahead(changes)
                     fanout.send(changes, dispatcher.add, settle)
+                    detector.mark_rejected(fanout.take_rejected())
                     settle(dispatcher.poll())
                     progress.maybe_log("reading", accounting.rows_read)
+                self._guard_deletions(detector)
                 for deleted in detector.deletions():
                     if ChangeKind.DELETED in sent_kinds:
                         self.raise_if_cancelled()
@@ -264,6 +289,26 @@ class SyncRun:
             source.close()
             self._source = None
         return detector.watermark(settle.failed_cursor_values)
+
+    def _guard_deletions(self, detector: ChangeDetector) -> None:
+        """
+        Hold every delete when the run would delete more than ``max_deleted_fraction`` of the records the
+        committed state holds (an emptied or broken model); the operator fails the task after the commit.
+        """
+        limit = self.config.max_deleted_fraction
+        held, missing = detector.deletion_counts()
+        if limit is None or not held or missing / held <= limit:
+            return
+        detector.hold_deletions()
+        self.deletes_held = DeletesHeld(missing, held, limit)
+        self.log.warning(
+            "Delete guard: this run would delete %s of the %s records the committed state holds (%.1f%% > "
+            "max_deleted_fraction %.1f%%); no delete is sent and those records stay in state",
+            f"{missing:,}",
+            f"{held:,}",
+            100 * missing / held,
+            100 * limit,
+        )
 
     def _bind(
         self, source: RecordSource, detector: ChangeDetector, columns: list[str], accounting: SyncAccounting

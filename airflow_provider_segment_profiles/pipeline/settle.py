@@ -40,13 +40,18 @@ class Progress:
         if not force and now - self.last < self.interval_s:
             return
         self.last = now
-        elapsed = max(now - self.started, 1e-9)
+        elapsed = now - self.started
+        if elapsed < 1.0:  # a rate over a fraction of a second says nothing
+            self.log.info(
+                "phase=%s rows_read=%s messages_delivered=%s", phase, f"{rows_read:,}", f"{self.delivered:,}"
+            )
+            return
         self.log.info(
-            "phase=%s rows_read=%d messages_delivered=%d rate=%.0f messages/s elapsed=%.0f s",
+            "phase=%s rows_read=%s messages_delivered=%s rate=%s messages/s elapsed=%.0f s",
             phase,
-            rows_read,
-            self.delivered,
-            self.delivered / elapsed,
+            f"{rows_read:,}",
+            f"{self.delivered:,}",
+            f"{self.delivered / elapsed:,.0f}",
             elapsed,
         )
 
@@ -82,6 +87,7 @@ class Settler:
         self.check_cancelled()
         failed: list[str] = []
         failed_deletes: list[str] = []
+        rejected: list[tuple[str, str, str]] = []
         count = self.accounting.message
         delivered = 0
         for done in completions:
@@ -93,6 +99,8 @@ class Settler:
                     self.failed_cursor_values.append(ref.cursor_value)
             elif done.outcome == Outcome.DELIVERED:
                 delivered += 1
+            elif ref.kind != ChangeKind.DELETED:  # rejected by the hook (too large once encoded)
+                rejected.append((ref.key, ref.mapping, ref.kind))
         self.progress.delivered += delivered
         if self.sync_log is not None:
             self.sync_log.settled(completions)
@@ -100,3 +108,5 @@ class Settler:
             self.detector.mark_failed(failed)
         if failed_deletes:
             self.detector.mark_delete_failed(failed_deletes)
+        if rejected:
+            self.detector.mark_rejected(rejected)

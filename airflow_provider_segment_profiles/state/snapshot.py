@@ -12,8 +12,9 @@ A snapshot file is an SQLite database with three tables:
   :mod:`.journal`). The next run sends them even when their value equals ``checksum``.
 * ``tombstone(pk, version, deleted_at)``: records deleted in the last :data:`TOMBSTONE_RETENTION_S`
   seconds, so one that comes back continues its version instead of reusing its first message id.
-* ``pending(pk)``: records a mapping rejected for bad data; ``checksum`` and ``version`` still hold what
-  Segment had before. The next run builds and validates them again even when their values did not change.
+* ``pending(pk, mapping, kind)``: messages a mapping rejected for bad data, with the change kind that
+  selected them. The next run builds and validates them again through those mappings even when the record
+  did not change, until they are delivered or the record leaves the model.
 
 It lives in a local SQLite file while a run works (stdlib ``sqlite3``: bounded memory whatever the number of
 records, exact keys, set-based joins per chunk) and is copied to and from ``state_path`` between runs.
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS {db}.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER,
 CREATE TABLE IF NOT EXISTS {db}.uncertain (pk TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER, deleted_at INTEGER)
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {db}.pending (pk TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.pending (pk TEXT, mapping TEXT, kind TEXT, PRIMARY KEY (pk, mapping))
+    WITHOUT ROWID;
 """
 
 #: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.add_and_look_up`;
@@ -119,15 +121,17 @@ class SnapshotStore:
             PRAGMA cache_size = -16384;
             CREATE TABLE current (
                 pk TEXT PRIMARY KEY, checksum INTEGER, prev_checksum INTEGER, prev_version INTEGER,
-                version INTEGER, cursor, failed INTEGER DEFAULT 0, rejected INTEGER DEFAULT 0, chunk INTEGER
+                version INTEGER, cursor, failed INTEGER DEFAULT 0, chunk INTEGER
             ) WITHOUT ROWID;
             CREATE TEMP TABLE chunk (pos INTEGER PRIMARY KEY, pk TEXT, checksum INTEGER, cursor);
             CREATE TEMP TABLE failed_deletes (pk TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TEMP TABLE rejections (pk TEXT, mapping TEXT, kind TEXT, PRIMARY KEY (pk, mapping)) WITHOUT ROWID;
             """
         )
         # Without a previous snapshot every record is new: add_and_look_up() then skips the lookups.
         self._first_run = previous is None
         self.deletions_held = False
+        self._has_pending = False
         self._chunks = 0
         if previous is not None:
             self.db.execute("ATTACH DATABASE ? AS prev", (f"file:{previous}?mode=ro",))
@@ -140,9 +144,12 @@ class SnapshotStore:
             joins += " LEFT JOIN prev.uncertain u ON u.pk = k.pk"
             uncertain = "u.pk IS NOT NULL"
         if self.db.execute("SELECT 1 FROM prev.pending LIMIT 1").fetchone():
-            # 2 marks a pending record: sent again like an uncertain one, and told apart by the caller.
-            joins += " LEFT JOIN prev.pending pd ON pd.pk = k.pk"
-            uncertain = f"CASE WHEN {uncertain} THEN 1 WHEN pd.pk IS NOT NULL THEN 2 ELSE 0 END"
+            # 2 marks a record with pending messages (see pending_messages()).
+            self._has_pending = True
+            uncertain = (
+                f"CASE WHEN {uncertain} THEN 1 "
+                "WHEN EXISTS (SELECT 1 FROM prev.pending pd WHERE pd.pk = k.pk) THEN 2 ELSE 0 END"
+            )
         tombstone_version = "0"
         if self.db.execute("SELECT 1 FROM prev.tombstone LIMIT 1").fetchone():
             joins += " LEFT JOIN prev.tombstone t ON t.pk = k.pk"
@@ -218,9 +225,25 @@ class SnapshotStore:
         """Record that a message of these records was not delivered; they are sent again next run."""
         self.db.executemany("UPDATE current SET failed = 1 WHERE pk = ?", ((pk,) for pk in pks))
 
-    def mark_rejected(self, pks: Iterable[str]) -> None:
-        """Record that a message of these records was rejected for bad data; they stay pending."""
-        self.db.executemany("UPDATE current SET rejected = 1 WHERE pk = ?", ((pk,) for pk in pks))
+    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
+        """Record ``(pk, mapping, change kind)`` of messages rejected for bad data; they stay pending."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO rejections (pk, mapping, kind) VALUES (?, ?, ?)", rejections
+        )
+
+    def pending_messages(self, pks: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """``pk -> [(mapping, change kind), ...]`` of the messages earlier runs rejected, for these records."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        if not self._has_pending:
+            return found
+        for start in range(0, len(pks), 500):
+            part = pks[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT pk, mapping, kind FROM prev.pending WHERE pk IN ({', '.join('?' * len(part))})", part
+            )
+            for pk, mapping, kind in rows:
+                found.setdefault(pk, []).append((mapping, kind))
+        return found
 
     def deleted_count(self) -> int:
         """Records in the previous snapshot but not (yet) in this run."""
@@ -266,19 +289,20 @@ class SnapshotStore:
         message failed is kept with a ``NULL`` checksum, so it is added again if still in the model and
         deleted if gone. A deleted record whose message failed is kept, uncertain, so it is deleted again.
         Records deleted now become tombstones; tombstones older than :data:`TOMBSTONE_RETENTION_S` go.
-        A record a mapping rejected keeps what Segment held before and becomes pending. When deletions are
-        held (:meth:`hold_deletions`), the records this run did not read are kept as they were instead.
+        A message a mapping rejected becomes pending (the record itself is synced for its other mappings).
+        When deletions are held (:meth:`hold_deletions`), the records this run did not read are kept as they
+        were, pending messages included, instead.
         """
         held = "1" if self.deletions_held else "0"
         return self._write(
             destination,
             f"""
             INSERT INTO out.snapshot (pk, checksum, cursor, version)
-            SELECT pk, CASE WHEN failed OR rejected THEN prev_checksum ELSE checksum END, NULL,
-                CASE WHEN (failed OR rejected) AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
+            SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL,
+                CASE WHEN failed AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
             FROM current;
             INSERT INTO out.uncertain (pk) SELECT pk FROM current WHERE failed AND prev_checksum IS NOT NULL;
-            INSERT INTO out.pending (pk) SELECT pk FROM current WHERE rejected;
+            INSERT INTO out.pending (pk, mapping, kind) SELECT pk, mapping, kind FROM rejections;
             INSERT INTO out.snapshot (pk, checksum, cursor, version)
             SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
             INSERT INTO out.uncertain (pk) SELECT pk FROM failed_deletes;
@@ -287,8 +311,8 @@ class SnapshotStore:
             WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk);
             INSERT INTO out.uncertain (pk) SELECT u.pk FROM prev.uncertain u
             WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = u.pk);
-            INSERT INTO out.pending (pk) SELECT d.pk FROM prev.pending d JOIN out.snapshot o ON o.pk = d.pk
-            WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = d.pk);
+            INSERT OR IGNORE INTO out.pending (pk, mapping, kind) SELECT d.pk, d.mapping, d.kind
+            FROM prev.pending d WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = d.pk);
             INSERT INTO out.tombstone (pk, version, deleted_at)
             SELECT p.pk, coalesce(p.version, 0) + 1, :now FROM prev.snapshot p
             WHERE NOT {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk)

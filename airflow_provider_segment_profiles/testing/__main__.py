@@ -4,9 +4,11 @@ Serve a :class:`~airflow_provider_segment_profiles.testing.SegmentEmulator` from
 Usage::
 
     python -m airflow_provider_segment_profiles.testing --port 8765 --write-key KEY [--strict] [--latency 0.05]
+        [--messages-file received.ndjson]
 
-It prints one line with the base URL once it listens, serves until SIGINT or SIGTERM, then prints one
-line with the counts and exits 0. Write keys are never printed.
+It prints one line with the base URL once it listens and one with where to see what it accepts
+(``GET /messages``, and the ``--messages-file`` it appends to as NDJSON), serves until SIGINT or SIGTERM,
+then prints one line with the counts and exits 0. Write keys are never printed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Sequence
 
 from airflow_provider_segment_profiles.testing.emulator import SegmentEmulator
+from airflow_provider_segment_profiles.testing.inspection import MESSAGES_PATH
 
 _PROG = "python -m airflow_provider_segment_profiles.testing"
 
@@ -44,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency", type=float, default=0.0, metavar="SECONDS", help="seconds added to every request"
     )
+    parser.add_argument(
+        "--messages-file",
+        metavar="PATH",
+        help="append every accepted message to this file as NDJSON, as it arrives",
+    )
     return parser
 
 
@@ -52,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run the emulator until SIGINT or SIGTERM.
 
     :param argv: arguments without the program name; ``None`` reads ``sys.argv``.
-    :return: the exit status: 0 after a clean stop, 1 if the port cannot be bound.
+    :return: the exit status: 0 after a clean stop, 1 if the port cannot be bound or the messages file
+        cannot be opened.
     """
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
@@ -67,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             strict=args.strict,
             latency=args.latency,
+            messages_file=args.messages_file,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -81,9 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         emulator.start()
     except OSError as exc:
-        print(f"Segment emulator could not listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        print(f"Segment emulator could not start on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 1
     print(f"Segment emulator listening on {emulator.url} (Ctrl+C to stop)", flush=True)
+    listing = f"http://127.0.0.1:{emulator.port}{MESSAGES_PATH}"
+    also = f"; appending them to {args.messages_file} as NDJSON" if args.messages_file else ""
+    print(f"Accepted messages: GET {listing} (filters: ?userId=...&type=...){also}", flush=True)
     try:
         while not stop.wait(0.2):
             pass

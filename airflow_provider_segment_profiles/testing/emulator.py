@@ -55,6 +55,11 @@ Choices made where the documentation is silent (each is a deliberate, tested beh
   ``type`` is set from the path. ``writeKey`` is removed from recorded messages. Nothing else is added
   (no ``messageId``, ``receivedAt``): recorded messages are what the client sent.
 - Timestamps, ``messageId`` lengths and Protocols tracking plans are not checked.
+
+Not part of Segment's API, for a person watching a run: ``GET /messages`` lists the accepted messages
+(filters ``userId`` and ``type``), and ``messages_file`` appends each accepted message to an NDJSON file as
+it arrives (:mod:`~airflow_provider_segment_profiles.testing.inspection`). Neither needs nor shows a write
+key.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ import binascii
 import contextlib
 import json
 import logging
+import os
 import selectors
 import socket
 import socketserver
@@ -78,6 +84,8 @@ from enum import StrEnum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from airflow_provider_segment_profiles.testing.inspection import MESSAGES_PATH, NdjsonWriter, list_messages
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +433,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._reply(405, _error_body("method_not_allowed", "the tracking API only accepts POST"))
 
-    do_GET = do_PUT = do_PATCH = do_DELETE = _not_allowed
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path != MESSAGES_PATH:
+            self._not_allowed()
+            return
+        status, body = list_messages(self.server.emulator.messages, query)
+        self._reply(status, body)
+
+    do_PUT = do_PATCH = do_DELETE = _not_allowed
 
     def _reply(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)
@@ -567,6 +583,8 @@ class SegmentEmulator:
     :param port: TCP port; ``0`` (default) picks a free ephemeral port.
     :param strict: reply ``401`` to unknown write keys instead of Segment's ``200`` + silent drop.
     :param latency: seconds added to every request (see :attr:`latency`).
+    :param messages_file: a file to append every accepted message to, as NDJSON, while it runs (opened by
+        :meth:`start`, closed by :meth:`stop`; :meth:`reset` does not empty it).
     :raises ValueError: for a host other than loopback, no write key, an empty write key, or a
         negative latency.
     """
@@ -580,6 +598,7 @@ class SegmentEmulator:
         port: int = 0,
         strict: bool = False,
         latency: float = 0.0,
+        messages_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"SegmentEmulator only binds to 127.0.0.1 (or 'localhost'), not {host!r}")
@@ -602,6 +621,8 @@ class SegmentEmulator:
         self._user_failures: dict[str, _Failure] = {}
         self._delays: deque[list[float]] = deque()  # [remaining, seconds]
         self._drops = 0
+        self._messages_file = messages_file
+        self._messages_out: NdjsonWriter | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -612,11 +633,17 @@ class SegmentEmulator:
         Bind the socket and serve in a daemon thread; does nothing if already running.
 
         :return: this emulator.
-        :raises OSError: if the port cannot be bound.
+        :raises OSError: if the port cannot be bound or ``messages_file`` cannot be opened.
         """
         if self._server is not None:
             return self
-        server = _Server(self._port, self)
+        if self._messages_file is not None:
+            self._messages_out = NdjsonWriter(self._messages_file)
+        try:
+            server = _Server(self._port, self)
+        except BaseException:
+            self._close_messages_file()
+            raise
         thread = threading.Thread(target=server.serve, name="segment-emulator", daemon=True)
         thread.start()
         self._server, self._thread = server, thread
@@ -634,6 +661,12 @@ class SegmentEmulator:
             thread.join(timeout=5)
         server.server_close()
         server.close_connections()
+        self._close_messages_file()
+
+    def _close_messages_file(self) -> None:
+        out, self._messages_out = self._messages_out, None
+        if out is not None:
+            out.close()
 
     def __enter__(self) -> SegmentEmulator:
         return self.start()
@@ -970,5 +1003,7 @@ class SegmentEmulator:
             if outcome.accepted:
                 self._messages.extend(outcome.accepted)
                 self._by_key.setdefault(outcome.write_key, []).extend(outcome.accepted)
+                if self._messages_out is not None:  # under the lock: the file keeps the arrival order
+                    self._messages_out.write(outcome.accepted)
             if outcome.dropped:
                 self._dropped.extend(outcome.dropped)

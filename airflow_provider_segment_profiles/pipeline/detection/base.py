@@ -76,12 +76,13 @@ class ChangeDetector(Protocol):
     def mark_delete_failed(self, keys: Iterable[str]) -> None:
         """A deleted record's message was not delivered: it counts as deleted again next run."""
 
-    def mark_rejected(self, keys: Iterable[str]) -> None:
+    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
         """
-        A message of these added or updated records was rejected for bad data: nothing of theirs is taken as
-        synced. The state keeps what Segment held before (an added one stays unknown) and flags them
-        pending, so the next run builds and validates them again even when their values did not change
-        (:attr:`~..records.Change.pending` is then true), until one run delivers them or they leave the model.
+        ``(unique identifier, mapping, change kind)`` of messages a mapping rejected for bad data. They stay
+        pending: the next run builds and validates the record again through those mappings even when its
+        values did not change (then it detects it as an ``unchanged`` change whose
+        :attr:`~..records.Change.pending` names the mappings), until they are delivered or the record leaves
+        the model. The record's other mappings are synced as usual.
         """
 
     def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:

@@ -115,7 +115,16 @@ class WorkerChangeDetector:
         classify = self.mode.classify
         token = self.mode.change_token
         changes: list[Change] = []
-        unchanged = added = 0
+        unchanged = added = retried = 0
+        pending: dict[str, list[tuple[str, str]]] = {}
+        if self.mode.retries_rejected:
+            pending = self.store.pending_messages(
+                [
+                    record.key
+                    for record, lookup in zip(records, lookups, strict=True)
+                    if lookup and lookup[3] == 2
+                ]
+            )
         max_key = self._max_cursor_key
         for record, checksum, lookup in zip(records, checksums, lookups, strict=True):
             if lookup is None:
@@ -125,12 +134,32 @@ class WorkerChangeDetector:
                 continue
             row, key, cursor_value, cursor_key = record
             held, known, version, uncertain = lookup
+            retry: tuple[str, ...] = ()
+            if uncertain == 2:  # messages an earlier run rejected: see SnapshotStore.pending_messages
+                retry = tuple(mapping for mapping, _kind in pending.get(key, ()))
+                uncertain = 0
             kind = classify(known, held, checksum, uncertain)
             if cursor_key is not None and (max_key is None or cursor_key > max_key):
                 max_key = cursor_key
                 self._max_cursor = cursor_value
             if kind is _UNCHANGED:
                 unchanged += 1
+                if retry:  # unchanged, but built again through the mappings that rejected it
+                    retried += 1
+                    changes.append(
+                        new(
+                            Change,
+                            (
+                                kind,
+                                key,
+                                row,
+                                token(checksum_hex(checksum), version),
+                                version,
+                                cursor_value,
+                                retry,
+                            ),
+                        )
+                    )
             else:
                 added += kind is _ADDED
                 changes.append(
@@ -143,7 +172,7 @@ class WorkerChangeDetector:
                             token(checksum_hex(checksum), version),
                             version,
                             cursor_value,
-                            uncertain == 2,
+                            retry,
                         ),
                     )
                 )
@@ -151,7 +180,7 @@ class WorkerChangeDetector:
         counts = self.accounting.records
         counts[_UNCHANGED] += unchanged
         counts[_ADDED] += added
-        counts[_UPDATED] += len(changes) - added
+        counts[_UPDATED] += len(changes) - added - retried
         return changes
 
     def write_ahead(self, changes: Sequence[Change]) -> None:
@@ -189,10 +218,10 @@ class WorkerChangeDetector:
         """See :meth:`SnapshotStore.mark_delete_failed`."""
         self.store.mark_delete_failed(keys)
 
-    def mark_rejected(self, keys: Iterable[str]) -> None:
+    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
         """See :meth:`SnapshotStore.mark_rejected` (diff mode; other modes keep no per-record values)."""
         if self.mode.retries_rejected:
-            self.store.mark_rejected(keys)
+            self.store.mark_rejected(rejections)
 
     def watermark(self, failed_cursor_values: Sequence[Any]) -> Any:
         """The smallest cursor value of an undelivered record, else the largest read (incremental mode)."""

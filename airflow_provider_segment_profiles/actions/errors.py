@@ -27,7 +27,26 @@ class MappingConfigError(ConfigurationError):
         return (type(self), (self.problems,))
 
 
-class RecordRejected(Exception):
+class _RecordMappingOutcome(Exception):
+    """A record that does not become a message through one mapping; ``verb`` words the outcome."""
+
+    verb = ""
+
+    def __init__(self, mapping: str, primary_key: str, field: str, reason: str) -> None:
+        super().__init__(mapping, primary_key, field, reason)
+        self.mapping = mapping
+        self.primary_key = primary_key
+        self.field = field
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"record with primary key {self.primary_key!r} {self.verb} by mapping {self.mapping!r} "
+            f"at field {self.field!r}: {self.reason}"
+        )
+
+
+class RecordRejected(_RecordMappingOutcome):
     """
     One record cannot become a valid Segment call through one mapping.
 
@@ -40,21 +59,10 @@ class RecordRejected(Exception):
     :param reason: what is wrong, in Segment's wording where Segment defines one.
     """
 
-    def __init__(self, mapping: str, primary_key: str, field: str, reason: str) -> None:
-        super().__init__(mapping, primary_key, field, reason)
-        self.mapping = mapping
-        self.primary_key = primary_key
-        self.field = field
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"record with primary key {self.primary_key!r} rejected by mapping {self.mapping!r} "
-            f"at field {self.field!r}: {self.reason}"
-        )
+    verb = "rejected"
 
 
-class MessageSkipped(Exception):
+class MessageSkipped(_RecordMappingOutcome):
     """
     One record has nothing to send through one mapping (for Send Subscriptions: every status is NULL or
     empty, which ``docs/mappings.md`` defines as "no change"). Not bad data: the caller counts the message
@@ -66,18 +74,7 @@ class MessageSkipped(Exception):
     :param reason: why nothing is sent.
     """
 
-    def __init__(self, mapping: str, primary_key: str, field: str, reason: str) -> None:
-        super().__init__(mapping, primary_key, field, reason)
-        self.mapping = mapping
-        self.primary_key = primary_key
-        self.field = field
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"record with primary key {self.primary_key!r} skipped by mapping {self.mapping!r} "
-            f"at field {self.field!r}: {self.reason}"
-        )
+    verb = "skipped"
 
 
 class NothingToSend(Exception):

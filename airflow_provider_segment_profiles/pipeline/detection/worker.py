@@ -144,38 +144,17 @@ class WorkerChangeDetector:
                 self._max_cursor = cursor_value
             if kind is _UNCHANGED:
                 unchanged += 1
-                if retry:  # unchanged, but built again through the mappings that rejected it
-                    retried += 1
-                    changes.append(
-                        new(
-                            Change,
-                            (
-                                kind,
-                                key,
-                                row,
-                                token(checksum_hex(checksum), version),
-                                version,
-                                cursor_value,
-                                retry,
-                            ),
-                        )
-                    )
+                if not retry:
+                    continue
+                retried += 1  # unchanged, but built again through the mappings that rejected it
             else:
                 added += kind is _ADDED
-                changes.append(
-                    new(
-                        Change,
-                        (
-                            kind,
-                            key,
-                            row,
-                            token(checksum_hex(checksum), version),
-                            version,
-                            cursor_value,
-                            retry,
-                        ),
-                    )
+            changes.append(
+                new(
+                    Change,
+                    (kind, key, row, token(checksum_hex(checksum), version), version, cursor_value, retry),
                 )
+            )
         self._max_cursor_key = max_key
         counts = self.accounting.records
         counts[_UNCHANGED] += unchanged

@@ -137,6 +137,14 @@ def test_dag_run_emits_inputs_outputs_statistics_and_column_lineage(
 
     for event, added in zip(completes, (5, 3), strict=True):
         assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [(namespace, table)]
+        if kind == "postgres":  # PostgresHook has database info: the columns come from the information schema
+            schema = event["inputs"][0]["facets"]["schema"]["fields"]
+            assert [(f["name"], f["type"]) for f in schema] == [
+                ("id", "int4"),
+                ("name", "text"),
+                ("email", "text"),
+                ("plan", "text"),
+            ]
         assert "SELECT c.id" in event["job"]["facets"]["sql"]["query"]
         outputs = {(d["namespace"], d["name"]): d for d in event["outputs"]}
         assert set(outputs) == {

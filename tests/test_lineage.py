@@ -259,3 +259,30 @@ with SegmentEmulator(write_key="k-absent") as emu:
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"delivered": 3, "received": 3, "lineage": None, "loaded": []}
+
+
+def test_columns_star_fields_get_the_parsed_result_columns(
+    request: pytest.FixtureRequest, rel_sqlite: Any, tmp_path: Path, airflow_db: Path
+) -> None:
+    """``traits: {"columns": "*", "exclude": ["id"]}`` (the harness's identify mapping): each result column
+    but ``id`` is a trait, and its lineage is the column of the parsed model."""
+    create_customers(rel_sqlite, range(1, 3))
+    with SegmentEmulator(write_keys=[DEFAULT_KEY]) as emulator:
+        h = DagHarness(
+            rel_sqlite, emulator, tmp_path / "state", request.getfixturevalue("monkeypatch"), name="ol_star"
+        )
+        events_file = tmp_path / "openlineage.ndjson"
+        _run_in_subprocess(h, events_file, {}, tmp_path)
+        assert emulator.message_count == 4  # identify and signed-up track for both customers
+    (complete,) = [e for e in _task_events(events_file, h.dag_id) if e["eventType"] == "COMPLETE"]
+    (output,) = complete["outputs"]
+    fields = output["facets"]["columnLineage"]["fields"]
+    table = ("main.customers",)
+    assert {path: [(i["name"], i["field"]) for i in f["inputFields"]] for path, f in fields.items()} == {
+        "user_id": [(*table, "id")],
+        "traits.name": [(*table, "name")],
+        "traits.email": [(*table, "email")],
+        "traits.plan": [(*table, "plan")],
+        "properties.plan": [(*table, "plan")],
+    }
+    assert fields["user_id"]["transformationDescription"] == "sent by mapping identify, signed_up, deleted"

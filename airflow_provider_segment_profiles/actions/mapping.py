@@ -170,6 +170,13 @@ class CompiledMapping:
             _field_columns(form, key, found)
         return found
 
+    def star_fields(self) -> list[tuple[str, tuple[str, ...]]]:
+        """
+        Every ``{"columns": "*"}`` of the mapping as ``(field path, excluded columns)``: the field gets each
+        result column but those, under the column's name (lineage reporting, with a result's columns).
+        """
+        return [(star.path, star.exclude) for star, _config_path in self._star_forms]
+
     def _label(self) -> str:
         return f"mapping {self.name!r}"
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_segment_profiles.actions.json_values import join_path
 from airflow_provider_segment_profiles.hooks.regions import base_url_for_region
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def lineage_facts(
     :param space_conn_ids: mapping name -> Profile Space conn id.
     :param hooks: Profile Space conn id -> its hook (resolved, unless a dry run).
     :param summary: the run summary (``mappings`` holds each mapping's ``delivered``).
-    :return: ``{"spaces": [{"conn_id", "namespace", "name", "delivered", "mappings": [...]}]}``, JSON-able.
+    :return: ``{"spaces": [{"conn_id", "namespace", "name", "delivered", "mappings": [...]}]}``, JSON-able;
+        each mapping has ``fields`` (``[column, field path]``) and ``stars`` (``[field path, excluded]``).
     """
     if summary.get("dry_run"):
         return {"spaces": []}
@@ -77,6 +79,7 @@ def lineage_facts(
                 "name": mapping.name,
                 "action": mapping.action,
                 "fields": [list(pair) for pair in mapping.field_lineage()],
+                "stars": [[path, list(exclude)] for path, exclude in mapping.star_fields()],
             }
         )
     return {"spaces": [spaces[conn_id] for conn_id in sorted(spaces)]}
@@ -211,7 +214,14 @@ def _outputs(facts: Mapping[str, Any], column_sources: Mapping[str, list[tuple[s
     for space in facts.get("spaces", ()):
         fields: dict[str, dict[str, Any]] = {}
         for mapping in space["mappings"]:
-            for column, path in mapping["fields"]:
+            # {"columns": "*"} takes every result column but its excluded ones: the parsed result's columns.
+            stars = [
+                (column, join_path(path, column))
+                for path, exclude in mapping.get("stars", ())
+                for column in column_sources
+                if column not in exclude
+            ]
+            for column, path in [*mapping["fields"], *stars]:
                 entry = fields.setdefault(path, {"inputs": {}, "mappings": []})
                 entry["mappings"].append(mapping["name"])
                 for namespace, name, source_column in column_sources.get(column, ()):

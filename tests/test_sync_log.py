@@ -106,12 +106,14 @@ def _sync_log_dag_runs(h: DagHarness, wh: Any, table: str) -> None:
     rows = _rows(wh, table)
     new = [r for r in rows if r["run_id"] == second.run_id]
     # Customers 1, 3 and 4 are unchanged but still pending for "stamped", which rejected them: it builds
-    # them again (and rejects them again); customer 2's update goes to identify, customer 5's deletion to
-    # the deleted mapping.
-    assert len(rows) == 20
+    # them again (and rejects them again); customer 2's update goes to identify, and to "stamped" too,
+    # which it still owes its message although the trigger selects only added records; customer 5's
+    # deletion goes to the deleted mapping.
+    assert len(rows) == 21
     assert sorted((r["primary_key"], r["mapping"], r["change_kind"], r["outcome"]) for r in new) == [
         ("1", "stamped", "unchanged", "rejected"),
         ("2", "identify", "updated", "delivered"),
+        ("2", "stamped", "updated", "rejected"),
         ("3", "stamped", "unchanged", "rejected"),
         ("4", "stamped", "unchanged", "rejected"),
         ("5", "deleted", "deleted", "delivered"),

@@ -85,10 +85,13 @@ class MessageFanout:
         rejected = self.rejected_keys
         by_name = self._by_name
         for kind, key, row, token, _version, cursor_value, pending in changes:
-            # An unchanged record comes back only to be built again through the mappings that rejected it.
-            chosen = (
-                targets[kind] if kind is not _UNCHANGED else [by_name[n] for n in pending if n in by_name]
-            )
+            chosen = targets[kind]
+            if pending:
+                # A record with messages an earlier run rejected: built again through those mappings, also
+                # when its trigger no longer selects it (an added record that changed since still owes its
+                # 'added' message); an unchanged one comes back for them alone.
+                owed = [by_name[n] for n in pending if n in by_name]
+                chosen = owed if kind is _UNCHANGED else [*chosen, *(t for t in owed if t not in chosen)]
             for name, builder, space in chosen:
                 tallies[name].selected += 1
                 try:

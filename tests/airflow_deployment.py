@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -34,10 +35,21 @@ STARTUP_TIMEOUT_S = 90.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range (32768 and up on
+    Linux): a port the kernel hands out for ``bind(0)`` can be taken by any outgoing connection before the
+    server binds it, which made the api-server fail with "address already in use" on a busy machine.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 20000 and 32000 on 127.0.0.1")
 
 
 def chromium_problem() -> str | None:

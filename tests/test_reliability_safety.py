@@ -249,3 +249,26 @@ def test_only_the_mapping_that_rejected_a_record_builds_it_again(rel_harness: Da
     assert again.summary["mappings"]["identify"] == {"delivered": 0, "rejected": 1, "failed": 0}
     assert again.summary["rejected_carried_over"] == 1
     assert again.summary["records"]["unchanged"] == 5
+
+
+# -- full refresh ----------------------------------------------------------------------------------------
+def test_a_full_refresh_still_sends_the_deletes_the_old_state_knows(rel_harness: DagHarness):
+    """The recovery every state error points to must not forget records deleted meanwhile."""
+    h = rel_harness
+    wh = h.warehouse
+    create_customers(wh, range(1, 11))
+    assert h.run().state == "success"
+    wh.execute(f"DELETE FROM {wh.t('customers')} WHERE id > 7")
+    refreshed = h.run(full_refresh=True)
+    FIGURES.input("full refresh with pending deletes")
+    assert refreshed.state == "success"
+    assert refreshed.summary["records"] == {
+        "added": 7,
+        "updated": 0,
+        "deleted": 3,
+        "unchanged": 0,
+        "rejected": 0,
+    }
+    assert _deletes(refreshed.sent) == ["10", "8", "9"]
+    assert h.run().sent == []
+    assert_segment_matches(h.emulator.messages, warehouse_customers(wh))

@@ -35,13 +35,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  {'total':<30} {messages['delivered']:>11,} {messages['rejected']:>10,} {messages['failed']:>10,} "
         f"{skipped['total']:>10,}"
     )
-    if summary.get("rejected_carried_over"):
+    carried = summary.get("rejected_carried_over") or 0
+    if carried:
         lines.append(
-            f"  {summary['rejected_carried_over']:,} of the rejected messages are of records rejected by an "
-            "earlier run too (they are evaluated again every run until they are delivered)"
+            f"  {carried:,} of the rejected messages {'was' if carried == 1 else 'were'} rejected by an earlier "
+            "run too (pending messages are built again every run until they are delivered)"
         )
-    if summary.get("warnings"):
-        lines.append(f"  {summary['warnings']:,} warnings: values changed to make messages sendable")
+    warnings = summary.get("warnings") or 0
+    if warnings:
+        lines.append(
+            f"  {warnings:,} {'warning' if warnings == 1 else 'warnings'}: values changed to make messages sendable"
+        )
     held = summary.get("deletes_held")
     if held:
         lines.append(
@@ -49,13 +53,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             "committed records"
         )
     groups = [g for g in summary.get("problem_groups") or [] if g["outcome"] != "warning"]
-    warnings = [g for g in summary.get("problem_groups") or [] if g["outcome"] == "warning"]
-    for heading, chosen in (("Problems", groups), ("Warnings", warnings)):
+    warned = [g for g in summary.get("problem_groups") or [] if g["outcome"] == "warning"]
+    for heading, chosen in (("Problems", groups), ("Warnings", warned)):
         if chosen:
             lines += ["", f"{heading} (count, outcome, mapping, field: reason of the first, e.g. its key):"]
             lines += [
                 f"  {g['count']:>8,}  {g['outcome']:<8} {g['mapping'] or '(record)'} {g['field'] or ''}: "
-                f"{_shorten(g['reason'])} (e.g. primary key {g['example_primary_key']!r})"
+                f"{_shorten(g['reason'])}{_example(g['example_primary_key'])}"
                 for g in chosen[:10]
             ]
     lines.append("")
@@ -66,6 +70,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("state_generation") is not None:
         lines.append(f"Committed state generation {summary['state_generation']:,}")
     return "\n".join(lines) + "\n"
+
+
+def _example(primary_key: str | None) -> str:
+    return "" if primary_key is None else f" (e.g. primary key {primary_key!r})"
 
 
 def _shorten(text: str, limit: int = 200) -> str:

@@ -169,6 +169,7 @@ class SyncRun:
                 primary_key=config.primary_key,
                 journal_tag=None if config.dry_run else self.run_tag,
                 log=self.log,
+                refresh_from=self._refresh_from(),
             )
             stack.callback(detector.close)
             watermark = self._stream(detector, accounting, previous, dry_run_file, started)
@@ -289,6 +290,18 @@ class SyncRun:
             source.close()
             self._source = None
         return detector.watermark(settle.failed_cursor_values)
+
+    def _refresh_from(self) -> SyncState | None:
+        """
+        The committed state a full refresh still finds deletions against: only one of this mode and unique
+        identifier (another identifier's keys would all look deleted).
+        """
+        head, config = self.head, self.config
+        if not config.full_refresh or not config.mode.detects_deletions or head is None:
+            return None
+        if head.sync_mode != config.sync_mode or head.extra.get("primary_key") != config.primary_key:
+            return None
+        return head
 
     def _guard_deletions(self, detector: ChangeDetector) -> None:
         """

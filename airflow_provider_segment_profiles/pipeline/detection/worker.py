@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_segment_profiles.exceptions import StateError
 from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, checksum_hex
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
@@ -45,6 +46,8 @@ class WorkerChangeDetector:
     :param primary_key: the unique identifier column (for rejection reasons).
     :param journal_tag: this try's name, a safe path component; ``None`` writes no journal (dry runs).
     :param log: the task's logger.
+    :param refresh_from: on a full refresh, the committed state whose records are compared only to find
+        deletions (every record read counts as added); ``None`` otherwise.
     :raises StateError: the committed snapshot cannot be read.
     """
 
@@ -60,13 +63,27 @@ class WorkerChangeDetector:
         primary_key: str,
         journal_tag: str | None,
         log: Any,
+        refresh_from: SyncState | None = None,
     ) -> None:
         self.mode = mode
         self.accounting = accounting
         self.primary_key = primary_key
         self._max_cursor: Any = None
         self._max_cursor_key: Any = None
+        self.refresh = refresh_from is not None
         snapshot = location.download_snapshot(previous, workdir) if previous is not None else None
+        if refresh_from is not None:
+            # A full refresh sends every record as added, but records the old state holds and the model no
+            # longer has must still be deleted: a refresh is the recovery for state errors, and deletes
+            # pending then would otherwise be forgotten for good.
+            try:
+                snapshot = location.download_snapshot(refresh_from, workdir)
+            except StateError as err:
+                log.warning(
+                    "full_refresh: the old state cannot be read (%s); records deleted from the model since "
+                    "it was committed cannot be found and are not deleted in Segment",
+                    err,
+                )
         self.journal: SendJournal | None = None
         self._journal_files: list[Any] = []
         uncommitted: list[Any] = []
@@ -138,7 +155,7 @@ class WorkerChangeDetector:
             if uncertain == 2:  # messages an earlier run rejected: see SnapshotStore.pending_messages
                 retry = tuple(mapping for mapping, _kind in pending.get(key, ()))
                 uncertain = 0
-            kind = classify(known, held, checksum, uncertain)
+            kind = _ADDED if self.refresh else classify(known, held, checksum, uncertain)
             if cursor_key is not None and (max_key is None or cursor_key > max_key):
                 max_key = cursor_key
                 self._max_cursor = cursor_value

@@ -90,6 +90,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
         (named apart from Airflow's own task-level ``retry_policy``).
     :param request_timeout: ``(connect, read)`` HTTP timeouts in seconds.
     :param progress_interval_s: seconds between progress lines in the task log.
+    :param change_detection: ``worker`` (default: the worker reads every row and compares it with a
+        snapshot under ``state_path``) or ``warehouse`` (diff mode only: the comparison runs in the warehouse,
+        which keeps the state in ``state_schema``, and only changed rows are read; docs/change-detection.md).
+    :param state_schema: schema (PostgreSQL; created when absent) or table-name prefix (SQLite) of the
+        warehouse engine's state tables.
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """
@@ -138,6 +143,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         request_retry_policy: RetryPolicy | dict[str, float] | None = None,
         request_timeout: tuple[float, float] = (10.0, 30.0),
         progress_interval_s: float = 10.0,
+        change_detection: str = "worker",
+        state_schema: str = "segment_profiles",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -164,6 +171,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.request_retry_policy = RetryPolicy.coerce(request_retry_policy)
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
+        self.change_detection = change_detection
+        self.state_schema = state_schema
         self._run: SyncRun | None = None
         check_settings(
             task_id=self.task_id,
@@ -177,6 +186,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 "max_rejected_fraction": max_rejected_fraction,
                 "max_failed_fraction": max_failed_fraction,
             },
+            change_detection=change_detection,
+            state_schema=state_schema,
         )
         for name in ("full_refresh", "dry_run"):
             if not _holds_template(getattr(self, name)):
@@ -307,6 +318,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
             max_requests_in_flight=self.max_requests_in_flight,
             max_events_per_second=self.max_events_per_second,
             progress_interval_s=self.progress_interval_s,
+            change_detection=self.change_detection,
+            state_schema=self.state_schema,
         )
 
     def _segment_hook(self, conn_id: str, resolve: bool) -> SegmentProfilesHook:

@@ -124,7 +124,9 @@ def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path, en
 
 
 @pytest.mark.parametrize("engine", ["worker", "warehouse"])
-def test_sigkill_then_the_warehouse_goes_back_before_the_next_run(rel_harness: DagHarness, tmp_path: Path, engine: str):
+def test_sigkill_then_the_warehouse_goes_back_before_the_next_run(
+    rel_harness: DagHarness, tmp_path: Path, engine: str
+):
     """The killed try delivered updates and adds; before the next run the updates are reverted and the
     added records deleted. Only the journal tells the next run that Segment may hold those values."""
     h = rel_harness
@@ -178,7 +180,8 @@ def sigterm_while_sending(h: DagHarness, monkeypatch, after_messages: int) -> tu
     return run, killed
 
 
-def test_sigterm_calls_on_kill_and_loses_nothing(rel_harness: DagHarness, monkeypatch):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_sigterm_calls_on_kill_and_loses_nothing(rel_harness: DagHarness, monkeypatch, engine: str):
     """SIGTERM makes Airflow's handler call ``on_kill`` while the task sends; whatever the killed try did,
     it commits nothing partial, and the next run converges under the same message ids."""
     h = rel_harness
@@ -218,7 +221,8 @@ def test_on_kill_stops_sending(rel_harness: DagHarness, monkeypatch):
     assert h.emulator.message_count - before < 80
 
 
-def test_execution_timeout_mid_send_then_retry(rel_harness: DagHarness, monkeypatch):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_execution_timeout_mid_send_then_retry(rel_harness: DagHarness, monkeypatch, engine: str):
     """The first try runs past its execution_timeout (slow replies), Airflow calls on_kill and retries; the
     retry re-sends under the same ids and commits."""
     from airflow_provider_segment_profiles.operators.segment_profiles import SegmentProfilesSyncOperator

@@ -302,7 +302,9 @@ def test_mapped_tasks_keep_one_state_each(rel_sqlite: SqliteWarehouse, rel_emula
 
     assert run(0, 1, 5)["records"]["added"] == 5
     assert run(1, 6, 10)["records"]["added"] == 5
-    tables = rel_sqlite.query("SELECT name FROM sqlite_master WHERE name LIKE 'segment_profiles__sp_%'")
+    tables = rel_sqlite.query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'segment_profiles__sp_%'"
+    )
     assert len(tables) == 2
     rel_sqlite.execute("UPDATE customers SET plan = 'pro' WHERE id = 7")
     first, second = run(0, 1, 5), run(1, 6, 10)
@@ -426,3 +428,82 @@ def test_engine_settings_are_checked_at_parse_time(settings: dict[str, Any], mes
             mappings=[IDENTIFY_MAPPING],
             **{"change_detection": "warehouse", **settings},
         )
+
+
+def _direct_detector(wh: PostgresWarehouse, tmp_path: Path, mappings: list, **kwargs: Any):
+    """A warehouse engine over a psycopg 2 connection (the Postgres hook uses psycopg 3 when installed)."""
+    import logging
+
+    import psycopg2
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+    from airflow_provider_segment_profiles.pipeline.detection.warehouse.engine import WarehouseChangeDetector
+    from airflow_provider_segment_profiles.pipeline.modes import get_mode
+    from airflow_provider_segment_profiles.state.location import StateLocation
+
+    class Psycopg2Hook(PostgresHook):
+        def get_conn(self):
+            return psycopg2.connect(wh.dsn)
+
+    accounting = SyncAccounting([m.name for m in mappings])
+    settings = {"previous": None, "head": None, "full_refresh": False, "dry_run": False, **kwargs}
+    detector = WarehouseChangeDetector(
+        mode=get_mode("diff"),
+        hook=Psycopg2Hook(),
+        location=StateLocation((tmp_path / "state").as_uri(), "dag", "task", -1),
+        accounting=accounting,
+        primary_key="id",
+        mappings=mappings,
+        state_schema=wh.schema,
+        journal_tag="try1",
+        log=logging.getLogger("test"),
+        **settings,
+    )
+    return detector, accounting
+
+
+def test_psycopg2_connections_classify_mark_and_commit(rel_postgres: PostgresWarehouse, tmp_path: Path):
+    """The engine over psycopg 2: named cursors, execute_values for marks, and the commit's rules."""
+    from airflow_provider_segment_profiles.actions import compile_mappings
+    from airflow_provider_segment_profiles.pipeline.reader import ModelReader
+    from airflow_provider_segment_profiles.pipeline.records import Record
+    from airflow_provider_segment_profiles.state.location import SyncState
+
+    wh = rel_postgres
+    create_customers(wh, range(1, 7001))
+    mappings = compile_mappings([IDENTIFY_MAPPING], sync_mode="diff", primary_key="id")
+    sql = f"SELECT id, name, email, plan FROM {wh.t('customers')}"
+
+    def one_run(head: SyncState | None, failed: list[str]) -> tuple[dict, int]:
+        detector, accounting = _direct_detector(wh, tmp_path, mappings, previous=head, head=head)
+        try:
+            query, parameters = detector.query(sql, None)
+            reader = ModelReader(None, query, parameters, 1000, detector.source_connection())
+            columns = reader.open()
+            detector.bind(columns, [0, 1, 2, 3], "|".join(m.fingerprint for m in mappings))
+            kinds: dict[str, int] = {}
+            for rows in reader.chunks():
+                changes = detector.detect([Record(row, str(row[0])) for row in rows])
+                for change in changes:
+                    kinds[change.kind] = kinds.get(change.kind, 0) + 1
+            reader.close()
+            for chunk in detector.deletions():
+                kinds["deleted"] = kinds.get("deleted", 0) + len(chunk)
+            detector.mark_failed(failed)
+            _, count = detector.snapshot_to_commit(tmp_path, None)
+            kinds["unchanged"] = accounting.records["unchanged"]
+            return kinds, count
+        finally:
+            detector.close()
+
+    kinds, count = one_run(None, failed=[str(i) for i in range(1, 6001)])  # 6,000 marks: several batches
+    assert kinds == {"added": 7000, "unchanged": 0} and count == 7000
+    head = SyncState(
+        generation=1, snapshot=None, sync_mode="diff", watermark=None, fingerprint="", records=count
+    )
+    wh.execute(f"DELETE FROM {wh.t('customers')} WHERE id > 6990")
+    kinds, count = one_run(head, failed=[])
+    # The failed adds are unconfirmed: added again; the delivered ones are unchanged; 10 deleted.
+    assert kinds == {"added": 6000, "unchanged": 990, "deleted": 10}
+    assert count == 6990

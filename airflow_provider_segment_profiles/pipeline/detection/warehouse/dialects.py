@@ -90,10 +90,30 @@ class Dialect:
         """One value's type-tagged text for the checksum (never NULL)."""
         raise NotImplementedError
 
-    def checksum_sql(self, seed: str, columns: Sequence[str]) -> str:
-        """The record's checksum: the first 16 hex digits of md5 over the seed and the used columns."""
-        parts = [literal(seed)] + [self.value_sql(quote(c)) for c in columns]
+    def checksum_sql(self, seed: str, columns: Sequence[str], types: Sequence[Any]) -> str:
+        """
+        The record's checksum: the first 16 hex digits of md5 over the seed, the used columns' names and
+        result types (constant per run: a changed type re-sends the records once) and their values.
+        """
+        header = seed + "|" + ",".join(f"{c}:{t}" for c, t in zip(columns, types, strict=True))
+        parts = [literal(header)] + [self.value_sql(quote(c)) for c in columns]
         return "substr(md5(" + " || '|' || ".join(parts) + "), 1, 16)"
+
+    def analyze(self, table: str) -> str | None:
+        """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
+        return None
+
+    def tombstone_index_ddl(self, schema: str, name: str) -> str:
+        """A partial index of the state's tombstones, so expiring them does not scan the state."""
+        index = quote(self.index_name(schema, name, "deleted"))
+        return (
+            f"CREATE INDEX IF NOT EXISTS {index} ON {self.table(schema, name)} (deleted_at) "
+            "WHERE deleted_at IS NOT NULL"
+        )
+
+    def index_name(self, schema: str, name: str, suffix: str) -> str:
+        """An index's name (in the table's schema)."""
+        return f"{name}_{suffix}"
 
     def greatest(self, a: str, b: str) -> str:
         """The larger of two integers."""
@@ -161,12 +181,22 @@ class SqliteDialect(Dialect):
     name = "sqlite"
 
     def prepare_connection(self, conn: Any) -> None:
+        import sqlite3
+
+        if sqlite3.sqlite_version_info < (3, 39, 0):
+            raise ConfigurationError(
+                f"change_detection='warehouse' needs SQLite 3.39 or later (FULL OUTER JOIN); this Python has "
+                f"SQLite {sqlite3.sqlite_version}. Use change_detection='worker'."
+            )
         # SQLite has no hash function; one is registered on this connection only.
         conn.create_function("md5", 1, _md5_hex, deterministic=True)
         conn.isolation_level = None  # autocommit; the commit's transaction is explicit (BEGIN IMMEDIATE)
 
     def table(self, schema: str, name: str) -> str:
         return quote(f"{schema}__{name}")
+
+    def index_name(self, schema: str, name: str, suffix: str) -> str:
+        return f"{schema}__{name}_{suffix}"
 
     def temp_table(self, name: str) -> str:
         return f"temp.{quote(name)}"
@@ -243,10 +273,12 @@ class PostgresDialect(Dialect):
         return f"CAST({column} AS TEXT)"
 
     def value_sql(self, column: str) -> str:
-        return (
-            f"CASE WHEN {column} IS NULL THEN 'N' ELSE CAST(pg_typeof({column}) AS TEXT) || ' ' || "
-            f"CAST(length(CAST({column} AS TEXT)) AS TEXT) || ':' || CAST({column} AS TEXT) END"
-        )
+        # quote_nullable: NULL unquoted, any other value a quoted literal (quotes doubled), so no value can
+        # render like another or like NULL; the column's type is in the checksum's constant header.
+        return f"quote_nullable(CAST({column} AS TEXT))"
+
+    def analyze(self, table: str) -> str | None:
+        return f"ANALYZE {quote(table)}"
 
     def insert_many(self, cursor: Any, sql_prefix: str, rows: Iterable[Sequence[Any]], width: int) -> None:
         if type(cursor).__module__.startswith("psycopg2"):

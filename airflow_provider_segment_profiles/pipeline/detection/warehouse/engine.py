@@ -39,7 +39,6 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     CHECKSUM_DEFINITION,
     Dialect,
     dialect_for,
-    literal,
     quote,
 )
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
@@ -201,6 +200,7 @@ class WarehouseChangeDetector:
             step = "table"
             cursor.execute(dialect.meta_ddl(self.meta))
             cursor.execute(dialect.state_ddl(self.state))
+            cursor.execute(dialect.tombstone_index_ddl(self.schema, self.table_name))
             cursor.execute(dialect.insert_ignore_meta(self.meta), (self.sync_id, self.table_name))
             cursor.close()
             if dialect.name != "sqlite":
@@ -298,8 +298,9 @@ class WarehouseChangeDetector:
         except Exception as err:
             dialect.rollback(self.conn)
             raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
-        columns = [str(d[0]) for d in cursor.description or ()]
+        description = list(cursor.description or ())
         cursor.close()
+        columns = [str(d[0]) for d in description]
         selected = ", ".join(f"m.{quote(c)}" for c in columns)
         if self.primary_key not in columns:
             # The source reports the missing column (with the others) when it binds.
@@ -308,35 +309,28 @@ class WarehouseChangeDetector:
         self._used = self._used_columns(columns)
         self._seed = "|".join(m.fingerprint for m in self.mappings)
         self._check_meta(exists)
+        types = {str(d[0]): d[1] for d in description}
         key = dialect.key_sql(f"sp_m.{quote(self.primary_key)}")
-        checksum = dialect.checksum_sql(self._seed, self._used)
+        checksum = dialect.checksum_sql(self._seed, self._used, [types[c] for c in self._used])
         self._execute(
             f"CREATE TEMP TABLE sp_model AS SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, "
             f"row_number() OVER () AS __sp_pos FROM {model}",
             parameters,
         ).close()
         self._execute(dialect.temp_index("sp_model", "__sp_pos")).close()
-        self._reject_bad_keys()
-        self._execute(
-            f"CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos "
-            f"FROM {self._t('model')} WHERE __sp_key IS NOT NULL"
-            + (
-                f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {self._t('model')} WHERE __sp_key IS NOT NULL "
-                "GROUP BY __sp_key)"
-                if self._has_duplicates
-                else ""
-            )
-        ).close()
-        self._execute(dialect.temp_index("sp_cur", "pk", unique=True)).close()
+        self._reject_null_keys()
+        self._current_records()
         self._prepare_previous(exists)
         self._diff()
         kept = self._scalar(f"SELECT count(*) FROM {self._t('cur')}")
-        changed = self._scalar(f"SELECT count(*) FROM {self._t('diff')}")
+        changed = self._scalar(f"SELECT count(*) FROM {self._t('diff')} WHERE kind <> 'deleted'")
         unchanged = int(kept) - int(changed)
         self.accounting.records[ChangeKind.UNCHANGED] += unchanged
         self.accounting.rows_read += unchanged
         self.log.info(
-            "Warehouse change detection: %d records, %d changed (fetched), %d unchanged (counted in SQL)",
+            "Warehouse change detection (state %s): %d records, %d changed (fetched), %d unchanged (counted "
+            "in SQL)",
+            self.state,
             kept,
             changed,
             unchanged,
@@ -347,30 +341,65 @@ class WarehouseChangeDetector:
             None,
         )
 
-    def _reject_bad_keys(self) -> None:
-        """Reject rows whose unique identifier is NULL or repeats an earlier row's, as the source would."""
-        accounting, model = self.accounting, self._t("model")
-        cursor = self._execute(f"SELECT __sp_pos FROM {model} WHERE __sp_key IS NULL ORDER BY __sp_pos")
+    def _reject_null_keys(self) -> None:
+        """Reject the rows whose unique identifier is NULL, as the source would."""
+        cursor = self._execute(
+            f"SELECT __sp_pos FROM {self._t('model')} WHERE __sp_key IS NULL ORDER BY __sp_pos"
+        )
         nulls = [row[0] for row in cursor.fetchall()]
         cursor.close()
         for position in nulls:
-            accounting.rows_read += 1
-            accounting.reject_record(
+            self.accounting.rows_read += 1
+            self.accounting.reject_record(
                 None,
                 f"the unique identifier {self.primary_key!r} is NULL (row {position} of the result)",
                 self.primary_key,
             )
+
+    def _analyze(self, table: str) -> None:
+        """Gather a temporary table's statistics where the dialect needs it (autovacuum never sees them)."""
+        statement = self.dialect.analyze(table)
+        if statement:
+            self._execute(statement).close()
+
+    def _current_records(self) -> None:
+        """
+        ``sp_cur``: one row per unique identifier. A repeated identifier makes the unique index fail (inside a
+        savepoint); only then are the repeats looked for, rejected, and left out.
+        """
+        model, accounting = self._t("model"), self.accounting
+        create = (
+            f"CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos "
+            f"FROM {model} WHERE __sp_key IS NOT NULL"
+        )
+        self._execute("SAVEPOINT sp_unique").close()
+        try:
+            self._execute(create).close()
+            self._execute(self.dialect.temp_index("sp_cur", "pk", unique=True)).close()
+            self._execute("RELEASE SAVEPOINT sp_unique").close()
+            self._analyze("sp_cur")  # plans the diff's join with the state
+            return
+        except Exception as err:
+            if not _is_unique_violation(err):
+                raise
+            self._execute("ROLLBACK TO SAVEPOINT sp_unique").close()
+            self._execute("RELEASE SAVEPOINT sp_unique").close()
         cursor = self._execute(
             f"SELECT __sp_key, count(*) - 1 FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key "
             "HAVING count(*) > 1 ORDER BY min(__sp_pos)"
         )
         duplicates = cursor.fetchall()
         cursor.close()
-        self._has_duplicates = bool(duplicates)
         for key, extra in duplicates:
             for _ in range(int(extra)):
                 accounting.rows_read += 1
                 accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
+        self._execute(
+            f"{create} AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL "
+            "GROUP BY __sp_key)"
+        ).close()
+        self._execute(self.dialect.temp_index("sp_cur", "pk", unique=True)).close()
+        self._analyze("sp_cur")
 
     def _prepare_previous(self, exists: bool) -> None:
         """
@@ -418,7 +447,10 @@ class WarehouseChangeDetector:
         self._execute(self.dialect.temp_index("sp_prev", "pk", unique=True)).close()
 
     def _diff(self) -> None:
-        """``sp_diff``: the added and updated records, their versions and what Segment held before."""
+        """
+        ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
+        records (their versions and what Segment held before) and the deleted ones (no position).
+        """
         live = "p.pk IS NOT NULL AND p.deleted_at IS NULL"
         unchanged = (
             f"{live} AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 "
@@ -427,20 +459,25 @@ class WarehouseChangeDetector:
         # The version of the change this run sends: the next one after what Segment holds (after a
         # tombstone's), except for an unconfirmed add, sent again under the version it was first sent with.
         version = (
-            "CASE WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 "
+            "CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 "
+            "WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 "
             f"WHEN p.checksum IS NULL THEN {self.dialect.greatest('coalesce(p.version, 1)', '1')} "
             "ELSE coalesce(p.version, 0) + 1 END"
         )
         self._execute(
-            "CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, c.pk AS pk, c.checksum AS checksum, "
+            "CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, "
+            "c.checksum AS checksum, "
             f"CASE WHEN {live} THEN p.checksum END AS prev_checksum, "
             f"CASE WHEN {live} THEN p.version END AS prev_version, {version} AS version, "
-            f"CASE WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
+            "CASE WHEN c.pk IS NULL THEN 'deleted' "
+            f"WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
             f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending "
-            f"FROM {self._t('cur')} c LEFT JOIN {self._prev} p ON p.pk = c.pk WHERE NOT ({unchanged})"
+            f"FROM {self._t('cur')} c FULL OUTER JOIN {self._prev} p ON p.pk = c.pk "
+            f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)"
         ).close()
-        self._execute(self.dialect.temp_index("sp_diff", "pos", unique=True)).close()
+        self._execute(self.dialect.temp_index("sp_diff", "pos")).close()
         self._execute("CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER)").close()
+        self._analyze("sp_diff")  # plans the source's join and the commit's
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """
@@ -461,7 +498,8 @@ class WarehouseChangeDetector:
         if self._side is None:
             self._side = self._cursor(named=True)
             self._side.execute(
-                f"SELECT pk, checksum, version, kind, pending FROM {self._t('diff')} ORDER BY pos"
+                f"SELECT pk, checksum, version, kind, pending FROM {self._t('diff')} "
+                "WHERE kind <> 'deleted' ORDER BY pos"
             )
         side = self._side.fetchmany(len(records))
         if len(side) != len(records):
@@ -498,13 +536,10 @@ class WarehouseChangeDetector:
         if self.journal is not None and changes:
             self.journal.record([(change.key, change.version) for change in changes])
 
-    def _deleted_where(self) -> str:
-        return f"p.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM {self._t('cur')} c WHERE c.pk = p.pk)"
-
     def deletion_counts(self) -> tuple[int, int]:
         """``(live records in the committed state, those this run did not read)``."""
         total = self._scalar(f"SELECT count(*) FROM {self._prev} p WHERE p.deleted_at IS NULL")
-        gone = self._scalar(f"SELECT count(*) FROM {self._prev} p WHERE {self._deleted_where()}")
+        gone = self._scalar(f"SELECT count(*) FROM {self._t('diff')} WHERE kind = 'deleted'")
         return int(total or 0), int(gone or 0)
 
     def hold_deletions(self) -> None:
@@ -517,8 +552,7 @@ class WarehouseChangeDetector:
             return
         cursor = self._cursor(named=True)
         cursor.execute(
-            f"SELECT p.pk, p.checksum, coalesce(p.version, 0) + 1 FROM {self._prev} p "
-            f"WHERE {self._deleted_where()} ORDER BY p.pk"
+            f"SELECT pk, prev_checksum, version FROM {self._t('diff')} WHERE kind = 'deleted' ORDER BY pk"
         )
         deleted = ChangeKind.DELETED
         try:
@@ -570,10 +604,18 @@ class WarehouseChangeDetector:
             self._side.close()
             self._side = None
         d, ph = self.dialect, self.dialect.ph
-        state, marks = self.state, self._t("marks")
-        failed = f"EXISTS (SELECT 1 FROM {marks} k WHERE k.pk = d.pk AND k.mark = {_FAILED})"
-        rejected = f"EXISTS (SELECT 1 FROM {marks} k WHERE k.pk = d.pk AND k.mark = {_REJECTED})"
-        delete_failed = f"SELECT pk FROM {marks} WHERE mark = {_DELETE_FAILED}"
+        state, diff, flags = self.state, self._t("diff"), self._t("flags")
+        # One row per marked key, so the statements below join it instead of probing the marks per record.
+        self._execute(
+            "CREATE TEMP TABLE sp_flags AS SELECT pk, "
+            f"max(CASE WHEN mark = {_FAILED} THEN 1 ELSE 0 END) AS failed, "
+            f"max(CASE WHEN mark = {_REJECTED} THEN 1 ELSE 0 END) AS rejected, "
+            f"max(CASE WHEN mark = {_DELETE_FAILED} THEN 1 ELSE 0 END) AS delete_failed "
+            f"FROM {self._t('marks')} GROUP BY pk"
+        ).close()
+        self._execute(d.temp_index("sp_flags", "pk", unique=True)).close()
+        failed = "coalesce(f.failed, 0) = 1"
+        held_back = "(coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1)"
         statements: list[tuple[str, Any]] = []
         if self._prev_is_copy:
             statements += [
@@ -584,25 +626,28 @@ class WarehouseChangeDetector:
                     None,
                 ),
             ]
+        upserts = "kind IN ('added', 'updated')"
         statements += [
-            (f"DELETE FROM {state} WHERE pk IN (SELECT pk FROM {self._t('diff')})", None),
+            (f"DELETE FROM {state} WHERE pk IN (SELECT pk FROM {diff} WHERE {upserts})", None),
             (
                 f"INSERT INTO {state} (pk, checksum, version, uncertain, pending, deleted_at) "
-                f"SELECT d.pk, CASE WHEN {failed} OR {rejected} THEN d.prev_checksum ELSE d.checksum END, "
-                f"CASE WHEN ({failed} OR {rejected}) AND d.prev_checksum IS NOT NULL THEN d.prev_version "
+                f"SELECT d.pk, CASE WHEN {held_back} THEN d.prev_checksum ELSE d.checksum END, "
+                f"CASE WHEN {held_back} AND d.prev_checksum IS NOT NULL THEN d.prev_version "
                 "ELSE d.version END, "
                 f"CASE WHEN {failed} AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, "
-                f"CASE WHEN {rejected} THEN 1 ELSE 0 END, NULL FROM {self._t('diff')} d",
+                "coalesce(f.rejected, 0), NULL "
+                f"FROM {diff} d LEFT JOIN {flags} f ON f.pk = d.pk WHERE d.{upserts}",
                 None,
             ),
         ]
         if self.mode.detects_deletions and not self._deletions_held:
-            gone = f"deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM {self._t('cur')} c WHERE c.pk = {state}.pk)"
+            failed_deletes = f"SELECT pk FROM {flags} WHERE delete_failed = 1"
             statements += [
-                (f"UPDATE {state} SET uncertain = 1, pending = 0 WHERE pk IN ({delete_failed})", None),
+                (f"UPDATE {state} SET uncertain = 1, pending = 0 WHERE pk IN ({failed_deletes})", None),
                 (
                     f"UPDATE {state} SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, "
-                    f"pending = 0, deleted_at = {ph} WHERE {gone} AND pk NOT IN ({delete_failed})",
+                    f"pending = 0, deleted_at = {ph} WHERE pk IN (SELECT pk FROM {diff} WHERE kind = 'deleted') "
+                    f"AND pk NOT IN ({failed_deletes})",
                     (self._now,),
                 ),
             ]
@@ -670,4 +715,9 @@ class WarehouseChangeDetector:
                 self.conn.close()
 
 
-__all__ = ["WarehouseChangeDetector", "literal", "state_table_name"]
+def _is_unique_violation(err: BaseException) -> bool:
+    """Whether ``err`` is a unique-constraint violation (sqlite3 and psycopg 2/3 ``IntegrityError``)."""
+    return any(cls.__name__ in {"IntegrityError", "UniqueViolation"} for cls in type(err).__mro__)
+
+
+__all__ = ["WarehouseChangeDetector", "state_table_name"]

@@ -507,3 +507,69 @@ def test_psycopg2_connections_classify_mark_and_commit(rel_postgres: PostgresWar
     # The failed adds are unconfirmed: added again; the delivered ones are unchanged; 10 deleted.
     assert kinds == {"added": 6000, "unchanged": 990, "deleted": 10}
     assert count == 6990
+
+
+#: Pairs of rows (two columns each) that must checksum apart: NULL vs '' vs the NULL marker's text, a
+#: separator inside a value, quotes, a float's last digit, types that print alike.
+APART = [
+    ((None, "x"), ("", "x")),
+    ((None, "x"), ("N", "x")),
+    (("a|b", "c"), ("a", "b|c")),
+    (("'", "''"), ("''", "'")),
+    ((0.1, "x"), (0.1 + 1e-16, "x")),
+    ((1, "x"), ("1", "x")),
+    (("a:1", "T1:b"), ("a", "1:T1:b")),
+]
+
+
+def _checksums(dialect, conn, rows: list[tuple], placeholder: str, table: str) -> list[str]:
+    sql = dialect.checksum_sql("seed", ["a", "b"], [None, None])
+    cursor = conn.cursor()
+    results = []
+    for row in rows:
+        cursor.execute(f"SELECT {sql} FROM (SELECT {placeholder} AS a, {placeholder} AS b) t", row)
+        results.append(cursor.fetchone()[0])
+    cursor.close()
+    return results
+
+
+def test_sqlite_checksums_tell_apart_values_that_render_alike():
+    import sqlite3
+
+    from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import SqliteDialect
+
+    dialect = SqliteDialect()
+    conn = sqlite3.connect(":memory:")
+    dialect.prepare_connection(conn)
+    for left, right in APART:
+        a, b = _checksums(dialect, conn, [left, right], "?", "t")
+        assert a != b, (left, right)
+        assert _checksums(dialect, conn, [left], "?", "t") == [a]  # deterministic
+        assert len(a) == 16 and int(a, 16) >= 0
+
+
+def test_postgres_checksums_tell_apart_values_and_ignore_session_settings(postgres_dsn: str):
+    import psycopg
+
+    from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import PostgresDialect
+
+    dialect = PostgresDialect()
+    with psycopg.connect(postgres_dsn) as conn:
+        for setting in dialect.session_settings():
+            conn.execute(setting)
+        for left, right in APART:
+            if isinstance(left[0], int) or isinstance(right[0], int):
+                continue  # a bound int and text have different result types: the header tells them apart
+            a, b = _checksums(dialect, conn, [left, right], "%s", "t")
+            assert a != b, (left, right)
+        conn.rollback()
+        instant = "SELECT {} FROM (SELECT '2024-03-01 10:00:00+02'::timestamptz AS a, NULL::text AS b) t"
+        sql = dialect.checksum_sql("seed", ["a", "b"], [1184, 25])
+        seen = set()
+        for zone in ("UTC", "Asia/Tokyo", "America/New_York"):
+            conn.execute(f"SET TIME ZONE '{zone}'")
+            for setting in dialect.session_settings():
+                conn.execute(setting)
+            seen.add(conn.execute(instant.format(sql)).fetchone()[0])
+            conn.rollback()
+        assert len(seen) == 1

@@ -41,6 +41,7 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     dialect_for,
     quote,
 )
+from airflow_provider_segment_profiles.pipeline.reader import _is_programming_error
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.guards import state_error
@@ -296,8 +297,11 @@ class WarehouseChangeDetector:
         try:
             cursor = self._execute(f"SELECT * FROM {model} WHERE 1 = 0", parameters)
         except Exception as err:
-            dialect.rollback(self.conn)
-            raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
+            # As the source does: a programming error is permanent, anything else (a missing table, a lost
+            # connection) is left to Airflow's retries.
+            if _is_programming_error(err):
+                raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
+            raise
         description = list(cursor.description or ())
         cursor.close()
         columns = [str(d[0]) for d in description]
@@ -312,11 +316,21 @@ class WarehouseChangeDetector:
         types = {str(d[0]): d[1] for d in description}
         key = dialect.key_sql(f"sp_m.{quote(self.primary_key)}")
         checksum = dialect.checksum_sql(self._seed, self._used, [types[c] for c in self._used])
-        self._execute(
-            f"CREATE TEMP TABLE sp_model AS SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, "
-            f"row_number() OVER () AS __sp_pos FROM {model}",
-            parameters,
-        ).close()
+        try:
+            self._execute(
+                f"CREATE TEMP TABLE sp_model AS SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, "
+                f"row_number() OVER () AS __sp_pos FROM {model}",
+                parameters,
+            ).close()
+        except Exception as err:
+            if type(err).__name__ == "InsufficientPrivilege":
+                raise ConfigurationError(
+                    f"change_detection='warehouse' needs temporary tables, but the warehouse refused one "
+                    f"({err}). {dialect.grant_advice(self.schema, 'temp')}; or use change_detection='worker'."
+                ) from err
+            if _is_programming_error(err):
+                raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
+            raise
         self._execute(dialect.temp_index("sp_model", "__sp_pos")).close()
         self._reject_null_keys()
         self._current_records()

@@ -40,14 +40,24 @@ pytestmark = pytest.mark.airflow_db
 def wh_harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
     """A :class:`DagHarness` with ``change_detection="warehouse"`` on SQLite or on a fresh PostgreSQL schema
     (which also holds the state tables, so it is dropped with them)."""
-    if request.param == "sqlite":
+    return _warehouse_harness(request.param, request, rel_emulator, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def pg_harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
+    """:func:`wh_harness` on PostgreSQL only."""
+    return _warehouse_harness("postgres", request, rel_emulator, tmp_path, monkeypatch)
+
+
+def _warehouse_harness(kind: str, request, rel_emulator, tmp_path, monkeypatch) -> DagHarness:
+    if kind == "sqlite":
         warehouse: Any = SqliteWarehouse(tmp_path / "warehouse.db")
     else:
         warehouse = PostgresWarehouse(request.getfixturevalue("postgres_dsn"))
     request.addfinalizer(warehouse.close)
     h = DagHarness(warehouse, rel_emulator, tmp_path / "state", monkeypatch, name=request.node.name)
     h.operator["change_detection"] = "warehouse"
-    if request.param == "postgres":
+    if kind == "postgres":
         h.operator["state_schema"] = warehouse.schema
     return h
 
@@ -573,3 +583,32 @@ def test_postgres_checksums_tell_apart_values_and_ignore_session_settings(postgr
             seen.add(conn.execute(instant.format(sql)).fetchone()[0])
             conn.rollback()
         assert len(seen) == 1
+
+
+def test_sigkill_mid_send_on_postgres_then_retry_resends_under_the_same_ids(
+    pg_harness: DagHarness, tmp_path: Path
+):
+    """A try SIGKILLed while sending commits nothing in the warehouse; its retry folds the journal in and
+    sends every planned message again under the same message ids."""
+    from test_reliability_killed_worker import (
+        assert_all_planned,
+        journal_files,
+        prepare_changes,
+        sigkill_mid_send,
+    )
+
+    h = pg_harness  # SQLite runs the same scenario in test_reliability_killed_worker.py
+    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    planned = prepare_changes(h)
+    rows_before, meta_before = state_rows(h), meta_rows(h)
+    day, killed_sent = sigkill_mid_send(h, tmp_path, after_messages=30)
+    assert 30 <= len(killed_sent) < len(planned)
+    assert_all_planned(killed_sent, planned)
+    assert (state_rows(h), meta_rows(h)) == (rows_before, meta_before)  # nothing committed
+    assert journal_files(h)
+    retry = h.run(logical_date=day)
+    assert retry.state == "success"
+    assert {m["messageId"] for m in retry.sent} == set(planned)
+    assert journal_files(h) == []
+    assert h.run().sent == []
+    assert_segment_matches(h.emulator.messages, warehouse_customers(h.warehouse))

@@ -146,8 +146,13 @@ class WarehouseChangeDetector:
                 )
             self.journal = journal if journal_tag is not None else None
         self.conn = hook.get_conn()
-        self.dialect: Dialect = dialect_for(self.conn)
-        self.dialect.prepare_connection(self.conn)
+        try:
+            self.dialect: Dialect = dialect_for(self.conn)
+            self.dialect.prepare_connection(self.conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            raise
         self.state = self.dialect.table(self.schema, self.table_name)
         self.meta = self.dialect.table(self.schema, "syncs")
         self._tag = uuid.uuid4().hex[:8]

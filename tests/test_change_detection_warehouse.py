@@ -485,7 +485,9 @@ def test_psycopg2_connections_classify_mark_and_commit(rel_postgres: PostgresWar
     mappings = compile_mappings([IDENTIFY_MAPPING], sync_mode="diff", primary_key="id")
     sql = f"SELECT id, name, email, plan FROM {wh.t('customers')}"
 
-    def one_run(head: SyncState | None, failed: list[str]) -> tuple[dict, int]:
+    def one_run(
+        head: SyncState | None, failed: list[str], rejected: tuple[str, ...] = (), hold: bool = False
+    ) -> tuple[dict, int]:
         detector, accounting = _direct_detector(wh, tmp_path, mappings, previous=head, head=head)
         try:
             query, parameters = detector.query(sql, None)
@@ -497,10 +499,14 @@ def test_psycopg2_connections_classify_mark_and_commit(rel_postgres: PostgresWar
                 changes = detector.detect([Record(row, str(row[0])) for row in rows])
                 for change in changes:
                     kinds[change.kind] = kinds.get(change.kind, 0) + 1
+                    kinds["pending"] = kinds.get("pending", 0) + change.pending
             reader.close()
+            if hold:
+                detector.hold_deletions()
             for chunk in detector.deletions():
                 kinds["deleted"] = kinds.get("deleted", 0) + len(chunk)
             detector.mark_failed(failed)
+            detector.mark_rejected(rejected)
             _, count = detector.snapshot_to_commit(tmp_path, None)
             kinds["unchanged"] = accounting.records["unchanged"]
             return kinds, count
@@ -508,15 +514,26 @@ def test_psycopg2_connections_classify_mark_and_commit(rel_postgres: PostgresWar
             detector.close()
 
     kinds, count = one_run(None, failed=[str(i) for i in range(1, 6001)])  # 6,000 marks: several batches
-    assert kinds == {"added": 7000, "unchanged": 0} and count == 7000
+    assert kinds == {"added": 7000, "pending": 0, "unchanged": 0} and count == 7000
     head = SyncState(
         generation=1, snapshot=None, sync_mode="diff", watermark=None, fingerprint="", records=count
     )
     wh.execute(f"DELETE FROM {wh.t('customers')} WHERE id > 6990")
-    kinds, count = one_run(head, failed=[])
+    kinds, count = one_run(head, failed=[], rejected=("1", "2"))
     # The failed adds are unconfirmed: added again; the delivered ones are unchanged; 10 deleted.
-    assert kinds == {"added": 6000, "unchanged": 990, "deleted": 10}
+    assert kinds == {"added": 6000, "pending": 0, "unchanged": 990, "deleted": 10}
     assert count == 6990
+    # Records 1 and 2 were rejected by a mapping: built again next run although unchanged, flagged pending.
+    # The next run's deletions are held (the delete guard): nothing is deleted and the records stay.
+    head.generation = 2
+    wh.execute(f"DELETE FROM {wh.t('customers')} WHERE id > 6980")
+    kinds, count = one_run(head, failed=[], hold=True)
+    assert kinds == {"added": 2, "pending": 2, "unchanged": 6978}
+    assert count == 6990
+    head.generation = 3
+    kinds, count = one_run(head, failed=[])
+    assert kinds == {"unchanged": 6980, "deleted": 10}  # pending cleared by the delivery; deletes now sent
+    assert count == 6980
 
 
 #: Pairs of rows (two columns each) that must checksum apart: NULL vs '' vs the NULL marker's text, a

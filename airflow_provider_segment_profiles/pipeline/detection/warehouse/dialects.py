@@ -62,6 +62,7 @@ class Dialect:
 
     name = "generic"
     uses_named_cursors = False
+    unique_indexes = True
 
     def prepare_connection(self, conn: Any) -> None:
         """Set up a fresh connection (functions, transaction mode)."""
@@ -78,8 +79,8 @@ class Dialect:
         """How a temporary table of this run is named in SQL."""
         return quote(name)
 
-    def temp_index(self, table: str, column: str, unique: bool = False) -> str:
-        """An index on one column of a temporary table of this run."""
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
+        """An index on one column of a temporary table of this run (``None``: the warehouse has none)."""
         return f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(table + '_' + column.strip('_'))} ON {quote(table)} ({column})"
 
     def key_sql(self, column: str) -> str:
@@ -103,7 +104,7 @@ class Dialect:
         """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
         return None
 
-    def tombstone_index_ddl(self, schema: str, name: str) -> str:
+    def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
         """A partial index of the state's tombstones, so expiring them does not scan the state."""
         index = quote(self.index_name(schema, name, "deleted"))
         return (
@@ -134,11 +135,12 @@ class Dialect:
             "updated_at BIGINT)"
         )
 
-    def insert_ignore_meta(self, table: str) -> str:
-        """Insert a sync's metadata row unless it exists (parameters: sync id, state table)."""
+    def insert_ignore_meta(self, table: str, sync_id: str, state_table: str) -> tuple[str, tuple[Any, ...]]:
+        """The statement (and its parameters) that inserts a sync's metadata row unless it exists."""
         return (
             f"INSERT INTO {table} (sync_id, state_table, generation) VALUES ({self.ph}, {self.ph}, 0) "
-            "ON CONFLICT (sync_id) DO NOTHING"
+            "ON CONFLICT (sync_id) DO NOTHING",
+            (sync_id, state_table),
         )
 
     @property
@@ -201,7 +203,7 @@ class SqliteDialect(Dialect):
     def temp_table(self, name: str) -> str:
         return f"temp.{quote(name)}"
 
-    def temp_index(self, table: str, column: str, unique: bool = False) -> str:
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
         # SQLite names the schema on the index, never on its table.
         name = quote(table + "_" + column.strip("_"))
         return f"CREATE {'UNIQUE ' if unique else ''}INDEX temp.{name} ON {quote(table)} ({column})"
@@ -309,6 +311,80 @@ class PostgresDialect(Dialect):
         return f"GRANT USAGE, CREATE ON SCHEMA {schema} TO <user>"
 
 
+class SnowflakeDialect(Dialect):
+    """
+    Snowflake (``snowflake-connector-python``; tested through ``fakesnow`` only, which runs Snowflake SQL on
+    DuckDB). No indexes, so repeated identifiers are found with a query; state tables in ``state_schema``
+    (quoted, so its case is kept), created when absent.
+    """
+
+    name = "snowflake"
+    unique_indexes = False
+
+    @property
+    def ph(self) -> str:
+        return "%s"
+
+    def temp_table(self, name: str) -> str:
+        return name  # created unquoted, so Snowflake stores it upper-cased: refer to it unquoted too
+
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
+        return None
+
+    def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
+        return None
+
+    def key_sql(self, column: str) -> str:
+        return f"CAST({column} AS VARCHAR)"
+
+    def value_sql(self, column: str) -> str:
+        # Snowflake has no quote_nullable: the same quoted-literal rendering, spelled out.
+        return f"coalesce('''' || replace(CAST({column} AS VARCHAR), '''', '''''') || '''', 'NULL')"
+
+    def insert_ignore_meta(self, table: str, sync_id: str, state_table: str) -> tuple[str, tuple[Any, ...]]:
+        return (
+            f"INSERT INTO {table} (sync_id, state_table, generation) SELECT %s, %s, 0 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE sync_id = %s)",
+            (sync_id, state_table, sync_id),
+        )
+
+    def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (schema, name),
+        )
+        return bool(cursor.fetchone()[0])
+
+    def ensure_schema(self, cursor: Any, schema: str) -> None:
+        cursor.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,))
+        if cursor.fetchone()[0]:
+            return
+        # CREATE SCHEMA also makes the new schema the session's current one
+        # (https://docs.snowflake.com/en/sql-reference/sql/create-schema): the model's unqualified names
+        # must keep resolving where they did, so the current schema is restored.
+        cursor.execute("SELECT CURRENT_DATABASE(), CURRENT_SCHEMA()")
+        database, current = cursor.fetchone()
+        cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        if database and current:
+            cursor.execute(f"USE SCHEMA {quote(database)}.{quote(current)}")
+
+    def begin_commit(self, conn: Any) -> None:
+        conn.cursor().execute("BEGIN")
+
+    def commit(self, conn: Any) -> None:
+        conn.cursor().execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.cursor().execute("ROLLBACK")
+
+    def grant_advice(self, schema: str, what: str) -> str:
+        return (
+            f"GRANT CREATE SCHEMA ON DATABASE <database> TO ROLE <role>, or create {schema} and GRANT USAGE, "
+            f"CREATE TABLE ON SCHEMA {schema} TO ROLE <role>"
+        )
+
+
 def dialect_for(conn: Any) -> Dialect:
     """
     The dialect of a DB-API connection.
@@ -320,7 +396,10 @@ def dialect_for(conn: Any) -> Dialect:
         return SqliteDialect()
     if module.startswith(("psycopg2", "psycopg")):
         return PostgresDialect()
+    if module.startswith(("snowflake.connector", "fakesnow")):
+        return SnowflakeDialect()
     raise ConfigurationError(
-        f"change_detection='warehouse' supports SQLite and PostgreSQL connections, not {module!r} yet; "
+        f"change_detection='warehouse' supports SQLite, PostgreSQL and Snowflake connections, not {module!r} "
+        "yet; "
         "use change_detection='worker' (docs/change-detection.md)."
     )

@@ -174,6 +174,11 @@ class WarehouseChangeDetector:
             cursor.execute(sql, parameters)
         return cursor
 
+    def _maybe(self, sql: str | None) -> None:
+        """Run a statement the dialect may not need (``None``: skip it)."""
+        if sql is not None:
+            self._execute(sql).close()
+
     def _scalar(self, sql: str, parameters: Any = None) -> Any:
         cursor = self._execute(sql, parameters)
         row = cursor.fetchone()
@@ -206,8 +211,10 @@ class WarehouseChangeDetector:
             step = "table"
             cursor.execute(dialect.meta_ddl(self.meta))
             cursor.execute(dialect.state_ddl(self.state))
-            cursor.execute(dialect.tombstone_index_ddl(self.schema, self.table_name))
-            cursor.execute(dialect.insert_ignore_meta(self.meta), (self.sync_id, self.table_name))
+            tombstone_index = dialect.tombstone_index_ddl(self.schema, self.table_name)
+            if tombstone_index is not None:
+                cursor.execute(tombstone_index)
+            cursor.execute(*dialect.insert_ignore_meta(self.meta, self.sync_id, self.table_name))
             cursor.close()
             if dialect.name != "sqlite":
                 dialect.commit(self.conn)
@@ -336,7 +343,7 @@ class WarehouseChangeDetector:
             if _is_programming_error(err):
                 raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
             raise
-        self._execute(dialect.temp_index("sp_model", "__sp_pos")).close()
+        self._maybe(dialect.temp_index("sp_model", "__sp_pos"))
         self._reject_null_keys()
         self._current_records()
         self._prepare_previous(exists)
@@ -383,26 +390,17 @@ class WarehouseChangeDetector:
 
     def _current_records(self) -> None:
         """
-        ``sp_cur``: one row per unique identifier. A repeated identifier makes the unique index fail (inside a
-        savepoint); only then are the repeats looked for, rejected, and left out.
+        ``sp_cur``: one row per unique identifier. Where the warehouse has unique indexes, a repeated
+        identifier makes the index fail (inside a savepoint), and only then are the repeats looked for;
+        elsewhere (Snowflake) they are looked for with a query. Repeats are rejected and left out.
         """
         model, accounting = self._t("model"), self.accounting
         create = (
             f"CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos "
             f"FROM {model} WHERE __sp_key IS NOT NULL"
         )
-        self._execute("SAVEPOINT sp_unique").close()
-        try:
-            self._execute(create).close()
-            self._execute(self.dialect.temp_index("sp_cur", "pk", unique=True)).close()
-            self._execute("RELEASE SAVEPOINT sp_unique").close()
-            self._analyze("sp_cur")  # plans the diff's join with the state
+        if self.dialect.unique_indexes and self._unique_current_records(create):
             return
-        except Exception as err:
-            if not _is_unique_violation(err):
-                raise
-            self._execute("ROLLBACK TO SAVEPOINT sp_unique").close()
-            self._execute("RELEASE SAVEPOINT sp_unique").close()
         cursor = self._execute(
             f"SELECT __sp_key, count(*) - 1 FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key "
             "HAVING count(*) > 1 ORDER BY min(__sp_pos)"
@@ -413,12 +411,30 @@ class WarehouseChangeDetector:
             for _ in range(int(extra)):
                 accounting.rows_read += 1
                 accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
-        self._execute(
-            f"{create} AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL "
-            "GROUP BY __sp_key)"
-        ).close()
-        self._execute(self.dialect.temp_index("sp_cur", "pk", unique=True)).close()
+        if duplicates:
+            create += (
+                f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL "
+                "GROUP BY __sp_key)"
+            )
+        self._execute(create).close()
+        self._maybe(self.dialect.temp_index("sp_cur", "pk", unique=True))
         self._analyze("sp_cur")
+
+    def _unique_current_records(self, create: str) -> bool:
+        """Create ``sp_cur`` with its unique index; ``False`` (nothing created) when an identifier repeats."""
+        self._execute("SAVEPOINT sp_unique").close()
+        try:
+            self._execute(create).close()
+            self._maybe(self.dialect.temp_index("sp_cur", "pk", unique=True))
+        except Exception as err:
+            if not _is_unique_violation(err):
+                raise
+            self._execute("ROLLBACK TO SAVEPOINT sp_unique").close()
+            self._execute("RELEASE SAVEPOINT sp_unique").close()
+            return False
+        self._execute("RELEASE SAVEPOINT sp_unique").close()
+        self._analyze("sp_cur")  # plans the diff's join with the state
+        return True
 
     def _prepare_previous(self, exists: bool) -> None:
         """
@@ -463,7 +479,7 @@ class WarehouseChangeDetector:
                 f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM {journal} j "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk"
             ).close()
-        self._execute(self.dialect.temp_index("sp_prev", "pk", unique=True)).close()
+        self._maybe(self.dialect.temp_index("sp_prev", "pk", unique=True))
 
     def _diff(self) -> None:
         """
@@ -494,7 +510,7 @@ class WarehouseChangeDetector:
             f"FROM {self._t('cur')} c FULL OUTER JOIN {self._prev} p ON p.pk = c.pk "
             f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)"
         ).close()
-        self._execute(self.dialect.temp_index("sp_diff", "pos")).close()
+        self._maybe(self.dialect.temp_index("sp_diff", "pos"))
         self._execute("CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER)").close()
         self._analyze("sp_diff")  # plans the source's join and the commit's
 
@@ -632,7 +648,7 @@ class WarehouseChangeDetector:
             f"max(CASE WHEN mark = {_DELETE_FAILED} THEN 1 ELSE 0 END) AS delete_failed "
             f"FROM {self._t('marks')} GROUP BY pk"
         ).close()
-        self._execute(d.temp_index("sp_flags", "pk", unique=True)).close()
+        self._maybe(d.temp_index("sp_flags", "pk", unique=True))
         failed = "coalesce(f.failed, 0) = 1"
         held_back = "(coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1)"
         statements: list[tuple[str, Any]] = []

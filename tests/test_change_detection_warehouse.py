@@ -629,3 +629,80 @@ def test_sigkill_mid_send_on_postgres_then_retry_resends_under_the_same_ids(
     assert journal_files(h) == []
     assert h.run().sent == []
     assert_segment_matches(h.emulator.messages, warehouse_customers(h.warehouse))
+
+
+def test_snowflake_through_fakesnow(rel_emulator, tmp_path: Path, monkeypatch, airflow_db):
+    """The Snowflake dialect through the Snowflake hook, with ``fakesnow`` standing in for Snowflake (it
+    runs Snowflake SQL on DuckDB): not a real account, but the engine's SQL and the connector's API."""
+    import json
+
+    import fakesnow
+    import snowflake.connector
+
+    (tmp_path / "snowflake").mkdir()
+    with fakesnow.patch(db_path=str(tmp_path / "snowflake")):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SNOW",
+            json.dumps(
+                {
+                    "conn_type": "snowflake",
+                    "login": "user",
+                    "password": "not-a-secret",
+                    "schema": "public",
+                    "extra": {"account": "acct", "database": "db1", "warehouse": "wh", "role": "r"},
+                }
+            ),
+        )
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SEGMENT_PROFILES_DEFAULT", json.dumps(rel_emulator.airflow_connection())
+        )
+        conn = snowflake.connector.connect(database="db1", schema="public")
+        cursor = conn.cursor()
+        cursor.execute("CREATE TABLE customers (id INTEGER, name TEXT, email TEXT, plan TEXT)")
+        cursor.execute(
+            "INSERT INTO customers VALUES "
+            + ", ".join(f"({i}, 'Customer {i}', 'c{i}@example.com', 'free')" for i in range(1, 11))
+            + ", (NULL, 'Nobody', 'n@example.com', 'free'), (3, 'Again', 'again@example.com', 'free')"
+        )
+
+        def expected() -> dict[str, dict[str, Any]]:
+            cursor.execute("SELECT id, name, email, plan FROM customers WHERE id IS NOT NULL")
+            rows = {}
+            for i, name, email, plan in cursor.fetchall():
+                rows.setdefault(str(i), {"name": name, "email": email, "plan": plan})
+            return rows
+
+        runner = DirectRunner(
+            {
+                "conn_id": "snow",
+                "sql": 'SELECT id AS "id", name AS "name", email AS "email", plan AS "plan" FROM customers',
+                "primary_key": "id",
+                "mappings": CUSTOMER_MAPPINGS,
+                "change_detection": "warehouse",
+                "state_schema": "sp_state",
+                "max_events_per_second": None,
+            },
+            tmp_path / "state",
+        )
+        first = runner.run()
+        assert first["records"] == {"added": 10, "updated": 0, "deleted": 0, "unchanged": 0, "rejected": 2}
+        quiet = runner.run()
+        assert (quiet["records"]["unchanged"], quiet["rows_fetched"], quiet["rows_read"]) == (10, 0, 12)
+        cursor.execute("UPDATE customers SET plan = 'pro' WHERE id IN (1, 2)")
+        cursor.execute("DELETE FROM customers WHERE id = 10")
+        cursor.execute("INSERT INTO customers VALUES (11, 'Customer 11', 'c11@example.com', NULL)")
+        dry = runner.run(dry_run=True)
+        assert dry["records"]["updated"] == 2 and dry["rows_fetched"] == 3
+        changed = runner.run()
+        records = changed["records"]
+        assert (records["added"], records["updated"], records["deleted"], records["unchanged"]) == (
+            1,
+            2,
+            1,
+            7,
+        )
+        assert changed["rows_fetched"] == 3
+        assert runner.run()["records"]["unchanged"] == 10
+        # The second 'Customer 3' row was rejected: the first one is what Segment holds.
+        assert_segment_matches(rel_emulator.messages, expected())
+        conn.close()

@@ -83,6 +83,10 @@ class Dialect:
         """An index on one column of a temporary table of this run (``None``: the warehouse has none)."""
         return f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(table + '_' + column.strip('_'))} ON {quote(table)} ({column})"
 
+    def position_sql(self) -> str:
+        """Each row's position in the model's result (increasing; gaps allowed)."""
+        return "row_number() OVER ()"
+
     def key_sql(self, column: str) -> str:
         """The unique identifier as text, as :func:`~..checksum.record_key` renders it."""
         raise NotImplementedError
@@ -333,6 +337,11 @@ class SnowflakeDialect(Dialect):
 
     def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
         return None
+
+    def position_sql(self) -> str:
+        # Snowflake's ROW_NUMBER needs an ORDER BY; SEQ8 numbers rows as they come, maybe with gaps
+        # (https://docs.snowflake.com/en/sql-reference/functions/seq1).
+        return "SEQ8() + 1"
 
     def key_sql(self, column: str) -> str:
         return f"CAST({column} AS VARCHAR)"

@@ -331,7 +331,7 @@ class WarehouseChangeDetector:
         try:
             self._execute(
                 f"CREATE TEMP TABLE sp_model AS SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, "
-                f"row_number() OVER () AS __sp_pos FROM {model}",
+                f"{dialect.position_sql()} AS __sp_pos FROM {model}",
                 parameters,
             ).close()
         except Exception as err:

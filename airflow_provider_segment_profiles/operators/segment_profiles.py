@@ -93,8 +93,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
     :param change_detection: ``worker`` (default: the worker reads every row and compares it with a
         snapshot under ``state_path``) or ``warehouse`` (diff mode only: the comparison runs in the warehouse,
         which keeps the state in ``state_schema``, and only changed rows are read; docs/change-detection.md).
-    :param state_schema: schema (PostgreSQL; created when absent) or table-name prefix (SQLite) of the
-        warehouse engine's state tables.
+    :param state_schema: schema (PostgreSQL, Snowflake; created when absent) or table-name prefix (SQLite)
+        of the warehouse engine's state tables.
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """

@@ -706,3 +706,36 @@ def test_snowflake_through_fakesnow(rel_emulator, tmp_path: Path, monkeypatch, a
         # The second 'Customer 3' row was rejected: the first one is what Segment holds.
         assert_segment_matches(rel_emulator.messages, expected())
         conn.close()
+
+
+def test_head_json_failing_after_the_warehouse_commit_loses_nothing(rel_harness: DagHarness, monkeypatch):
+    """The warehouse state commits first; when HEAD.json then cannot be written the try fails, and the next
+    run continues from the warehouse state (one generation ahead) without re-sending what it holds."""
+    from airflow_provider_segment_profiles.state.location import StateLocation
+
+    h, wh = rel_harness, rel_harness.warehouse
+    h.operator["change_detection"] = "warehouse"
+    create_customers(wh, range(1, 11))
+    assert h.run().state == "success"
+    wh.execute(f"UPDATE {wh.t('customers')} SET plan = 'pro' WHERE id <= 3")
+    real_commit = StateLocation.commit
+
+    def unwritable(self, expected, new, snapshot_file):
+        raise OSError("state_path is read-only")
+
+    monkeypatch.setattr(StateLocation, "commit", unwritable)
+    failed = h.run()
+    monkeypatch.setattr(StateLocation, "commit", real_commit)
+    assert failed.state == "failed"
+    assert h.head()["generation"] == 1
+    assert meta_rows(h)[0][1] == 2  # the warehouse state moved on
+    wh.execute(f"UPDATE {wh.t('customers')} SET plan = 'team' WHERE id = 4")
+    recovered = h.run()
+    assert recovered.state == "success"
+    assert h.head()["generation"] == 2 == meta_rows(h)[0][1]
+    # Only id 4 changed: the failed try's sends of ids 1-3 are in the warehouse state it committed, so its
+    # journal (named by the generation it started from) is not folded in again.
+    assert recovered.summary["records"]["updated"] == 1
+    assert sorted(h.state_root.glob("journal/*.json")) == []
+    assert_segment_matches(h.emulator.messages, warehouse_customers(wh))
+    assert h.run().sent == []

@@ -133,18 +133,10 @@ class WarehouseChangeDetector:
         self._now = int(time.time())
         self._closed = False
         self.journal: SendJournal | None = None
+        self._journal_folder = location.journal
+        self._journal_tag = journal_tag
         self._journal_files: list[Any] = []
         self._uncommitted: list[Any] = []
-        if mode.journals_sends:
-            journal = SendJournal(location.journal, self.head_generation, journal_tag or "dry-run")
-            self._journal_files, self._uncommitted = journal.uncommitted()
-            if self._uncommitted:
-                log.warning(
-                    "Tries that did not commit left %d journal files of records they may have sent; "
-                    "those records' current values (or deletes) are sent again",
-                    len(self._uncommitted),
-                )
-            self.journal = journal if journal_tag is not None else None
         self.conn = hook.get_conn()
         try:
             self.dialect: Dialect = dialect_for(self.conn)
@@ -261,7 +253,8 @@ class WarehouseChangeDetector:
             )
         expected = self.head_generation if self.previous is not None else 0
         if self._start_generation == expected + 1 and self.previous is not None:
-            # A try committed the warehouse state, then failed to write HEAD.json; its journal is folded in.
+            # A try committed the warehouse state, then failed to write HEAD.json: its sends are in the
+            # state; journals of tries after it are named by this generation (see _open_journal).
             self.log.warning(
                 "The warehouse state %s is one generation ahead of HEAD.json (%d, %d): an earlier try "
                 "committed it but not HEAD.json; continuing from the warehouse state",
@@ -281,6 +274,24 @@ class WarehouseChangeDetector:
                 columns,
                 ",".join(self._used),
             )
+
+    def _open_journal(self) -> None:
+        """
+        Find the journals of tries that started from the warehouse state's generation and never committed
+        it, and open this try's. Journals are named by the warehouse generation, not ``HEAD.json``'s: a try
+        that committed the warehouse but not ``HEAD.json`` has its sends in the state already.
+        """
+        if not self.mode.journals_sends:
+            return
+        journal = SendJournal(self._journal_folder, self._start_generation, self._journal_tag or "dry-run")
+        self._journal_files, self._uncommitted = journal.uncommitted()
+        if self._uncommitted:
+            self.log.warning(
+                "Tries that did not commit left %d journal files of records they may have sent; "
+                "those records' current values (or deletes) are sent again",
+                len(self._uncommitted),
+            )
+        self.journal = journal if self._journal_tag is not None else None
 
     def _used_columns(self, columns: Sequence[str]) -> list[str]:
         if any(m.uses_all_columns for m in self.mappings):
@@ -325,6 +336,7 @@ class WarehouseChangeDetector:
         self._used = self._used_columns(columns)
         self._seed = "|".join(m.fingerprint for m in self.mappings)
         self._check_meta(exists)
+        self._open_journal()
         types = {str(d[0]): d[1] for d in description}
         key = dialect.key_sql(f"sp_m.{quote(self.primary_key)}")
         checksum = dialect.checksum_sql(self._seed, self._used, [types[c] for c in self._used])

@@ -156,6 +156,7 @@ def run_operator(spec: dict[str, Any]) -> dict[str, Any]:
         "rejected": summary["messages"]["rejected"],
         "failed": summary["messages"]["failed"],
         "records": summary["records"],
+        "rows_fetched": summary.get("rows_fetched"),
         "requests": summary.get("requests"),
         "started_epoch": started_epoch,
         "baseline_rss": baseline,

@@ -116,6 +116,31 @@ class Bench:
     state_root: Path
     results: dict[str, Any] = field(default_factory=dict)
     runs: int = 0
+    #: Schema (PostgreSQL) / table prefix (SQLite) of the warehouse engine's state; dropped at the end.
+    state_schema: str = field(default_factory=lambda: f"sp_bench_{os.getpid()}")
+
+    def drop_warehouse_state(self) -> None:
+        """Drop the warehouse engine's state tables of this benchmark run."""
+        import sqlite3
+
+        if SQLITE_FILE.exists():
+            db = sqlite3.connect(SQLITE_FILE)
+            names = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?",
+                    (f"{self.state_schema}__%",),
+                )
+            ]
+            for name in names:
+                db.execute(f'DROP TABLE "{name}"')
+            db.commit()
+            db.close()
+        if "postgres" in self.args.diff_sources and "warehouse" in self.args.diff_engines:
+            import psycopg
+
+            with psycopg.connect(bench_data.POSTGRES_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.state_schema}" CASCADE')
 
     def environment(self, source: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
@@ -343,64 +368,16 @@ def section_diff(bench: Bench, out: Report) -> None:
     table = []
     for source in args.diff_sources:
         fetch = bench.cached(f"fetch/{source}/{rows}", lambda s=source: bench.floor(s, rows, kind="fetch"))
-        task = f"diff_{rows}"
-        first = bench.cached(
-            f"diff-first/{source}/{rows}",
-            lambda s=source, t=task: bench.operator(
-                s, rows, "diff", task=t, label=f"diff first run (100% added), {s}, {human(rows)}"
-            ),
-        )
-        runs = [("first run, 100% added", first, None)]
-        for label, every, marker in (
-            ("0% changed", None, "changed"),
-            ("1% changed", 100, "changed"),
-            ("100% changed", 1, "changed-again"),
-        ):
-            result = bench.operator(
-                source,
-                rows,
-                "diff",
-                task=task,
-                sql=bench_data.model_sql(rows, every, marker),
-                label=f"diff {label}, {source}, {human(rows)}",
-            )
-            runs.append((label, result, every))
-            bench.results[f"diff-{label}/{source}/{rows}"] = result
-        size, records = bench.snapshot_bytes(f"{task}_{source}")
-        bench.results[f"diff-state/{source}/{rows}"] = {"bytes": size, "records": records}
-        for label, result, _every in runs:
-            ratio = result["elapsed_s"] / fetch["elapsed_s"]
-            table.append(
-                [
-                    source,
-                    label,
-                    f"{result['elapsed_s']:.1f}",
-                    f"{result['records']['updated'] + result['records']['added']:,}",
-                    f"{result['accepted']:,}",
-                    f"{ratio:.1f}x",
-                    f"{result['peak_rss'] / MB:.0f}",
-                    f"{(result['peak_rss'] - result['baseline_rss']) / MB:+.0f}",
-                ]
-            )
-        zero = runs[1][1]
-        ratio = zero["elapsed_s"] / fetch["elapsed_s"]
-        out.target(
-            f"diff 0% changed {source} {human(rows)} <= {TARGET_DIFF_FETCH_RATIO}x bare fetch",
-            ratio <= TARGET_DIFF_FETCH_RATIO,
-            f"{ratio:.2f}x ({zero['elapsed_s']:.1f} s vs {fetch['elapsed_s']:.1f} s)",
-        )
-        per_record = size / max(records, 1)
-        out.target(
-            f"diff state {source} <= {TARGET_STATE_BYTES} bytes/record (on disk)",
-            per_record <= TARGET_STATE_BYTES,
-            f"{per_record:.1f} bytes/record ({size / MB:.1f} MB for {records:,} records)",
-        )
+        for engine in args.diff_engines:
+            table.extend(diff_runs(bench, out, source, rows, engine, fetch))
         table.append(
             [
                 source,
+                "",
                 "bare fetch",
                 f"{fetch['elapsed_s']:.1f}",
                 "",
+                f"{rows:,}",
                 "",
                 "1.0x",
                 f"{fetch['peak_rss'] / MB:.0f}",
@@ -408,14 +385,101 @@ def section_diff(bench: Bench, out: Report) -> None:
             ]
         )
     out.table(
-        ["source", "run", "wall s", "selected", "messages", "vs bare fetch", "peak RSS MB", "RSS growth MB"],
+        [
+            "source",
+            "change_detection",
+            "run",
+            "wall s",
+            "selected",
+            "rows fetched",
+            "messages",
+            "vs bare fetch",
+            "peak RSS MB",
+            "RSS growth MB",
+        ],
         table,
     )
     out.note(
         "Each run is a new process continuing from the state the previous one committed. Changes are "
         "made by the model SQL (every k-th record's plan reads differently), not by rewriting the table. "
-        "RSS growth: peak RSS minus RSS just before execute()."
+        "RSS growth: peak RSS minus RSS just before execute(). Rows fetched: rows that crossed the network "
+        "(the summary's rows_fetched); the warehouse engine counts unchanged rows in SQL."
     )
+
+
+def diff_runs(
+    bench: Bench, out: Report, source: str, rows: int, engine: str, fetch: dict[str, Any]
+) -> list[list[str]]:
+    """First run, then 0%, 1% and 100% changed, with one change-detection engine; the table's rows."""
+    warehouse = engine == "warehouse"
+    task = f"diff_{rows}" + ("_warehouse" if warehouse else "")
+    options: dict[str, Any] = (
+        {"change_detection": "warehouse", "state_schema": bench.state_schema} if warehouse else {}
+    )
+    suffix = "" if not warehouse else "-warehouse"
+    first = bench.cached(
+        f"diff-first{suffix}/{source}/{rows}",
+        lambda: bench.operator(
+            source,
+            rows,
+            "diff",
+            task=task,
+            label=f"diff first run (100% added), {engine}, {source}, {human(rows)}",
+            **options,
+        ),
+    )
+    runs = [("first run, 100% added", first, None)]
+    for label, every, marker in (
+        ("0% changed", None, "changed"),
+        ("1% changed", 100, "changed"),
+        ("100% changed", 1, "changed-again"),
+    ):
+        result = bench.operator(
+            source,
+            rows,
+            "diff",
+            task=task,
+            sql=bench_data.model_sql(rows, every, marker),
+            label=f"diff {label}, {engine}, {source}, {human(rows)}",
+            **options,
+        )
+        runs.append((label, result, every))
+        bench.results[f"diff-{label}{suffix}/{source}/{rows}"] = result
+    table = []
+    for label, result, _every in runs:
+        ratio = result["elapsed_s"] / fetch["elapsed_s"]
+        fetched = result.get("rows_fetched")
+        table.append(
+            [
+                source,
+                engine,
+                label,
+                f"{result['elapsed_s']:.1f}",
+                f"{result['records']['updated'] + result['records']['added']:,}",
+                "" if fetched is None else f"{fetched:,}",
+                f"{result['accepted']:,}",
+                f"{ratio:.1f}x",
+                f"{result['peak_rss'] / MB:.0f}",
+                f"{(result['peak_rss'] - result['baseline_rss']) / MB:+.0f}",
+            ]
+        )
+    zero = runs[1][1]
+    ratio = zero["elapsed_s"] / fetch["elapsed_s"]
+    out.target(
+        f"diff 0% changed {engine} {source} {human(rows)} <= {TARGET_DIFF_FETCH_RATIO}x bare fetch",
+        ratio <= TARGET_DIFF_FETCH_RATIO,
+        f"{ratio:.2f}x ({zero['elapsed_s']:.1f} s vs {fetch['elapsed_s']:.1f} s)",
+    )
+    if not warehouse:  # the warehouse engine keeps no snapshot file
+        size, records = bench.snapshot_bytes(f"{task}_{source}")
+        bench.results[f"diff-state/{source}/{rows}"] = {"bytes": size, "records": records}
+        per_record = size / max(records, 1)
+        out.target(
+            f"diff state {source} <= {TARGET_STATE_BYTES} bytes/record (on disk)",
+            per_record <= TARGET_STATE_BYTES,
+            f"{per_record:.1f} bytes/record ({size / MB:.1f} MB for {records:,} records)",
+        )
+    return table
 
 
 def section_memory(bench: Bench, out: Report) -> None:
@@ -742,6 +806,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--diff-size", type=parse_size, default=parse_size("1M"))
     parser.add_argument("--diff-sources", default="sqlite")
+    parser.add_argument(
+        "--diff-engines",
+        default="worker",
+        help="change_detection engines of the diff section: worker, warehouse",
+    )
     parser.add_argument("--memory-sizes", type=sizes, default=sizes("100k,1M"))
     parser.add_argument("--large", action="store_true", help="add 5M rows to --memory-sizes")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds the emulator adds per request")
@@ -772,6 +841,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     args.diff_sources = [s.strip() for s in args.diff_sources.split(",") if s.strip()]
+    args.diff_engines = [s.strip() for s in args.diff_engines.split(",") if s.strip()]
+    unknown = set(args.diff_engines) - {"worker", "warehouse"}
+    if unknown:
+        parser.error(f"unknown change_detection engines: {', '.join(sorted(unknown))}")
     return args
 
 
@@ -822,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
         emulator.stop()
         if not args.keep_state:
             shutil.rmtree(state_root, ignore_errors=True)
+            bench.drop_warehouse_state()
     out.summary()
     elapsed = time.monotonic() - started
     out.emit(

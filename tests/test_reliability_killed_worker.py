@@ -99,9 +99,10 @@ def journal_files(h: DagHarness) -> list[Path]:
     return sorted(h.state_dir.rglob("journal/*.json"))
 
 
-def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path, engine: str):
     h = rel_harness
-    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    h.operator.update(batch_size=5, max_requests_in_flight=1, change_detection=engine)
     planned = prepare_changes(h)
     head_before = h.head()
     day, killed_sent = sigkill_mid_send(h, tmp_path, after_messages=30)
@@ -122,11 +123,14 @@ def test_sigkill_mid_send_then_retry(rel_harness: DagHarness, tmp_path: Path):
     assert_segment_matches(h.emulator.messages, warehouse_customers(h.warehouse))
 
 
-def test_sigkill_then_the_warehouse_goes_back_before_the_next_run(rel_harness: DagHarness, tmp_path: Path):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_sigkill_then_the_warehouse_goes_back_before_the_next_run(
+    rel_harness: DagHarness, tmp_path: Path, engine: str
+):
     """The killed try delivered updates and adds; before the next run the updates are reverted and the
     added records deleted. Only the journal tells the next run that Segment may hold those values."""
     h = rel_harness
-    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    h.operator.update(batch_size=5, max_requests_in_flight=1, change_detection=engine)
     wh = h.warehouse
     create_customers(wh, range(1, 41))
     assert h.run().state == "success"
@@ -176,11 +180,12 @@ def sigterm_while_sending(h: DagHarness, monkeypatch, after_messages: int) -> tu
     return run, killed
 
 
-def test_sigterm_calls_on_kill_and_loses_nothing(rel_harness: DagHarness, monkeypatch):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_sigterm_calls_on_kill_and_loses_nothing(rel_harness: DagHarness, monkeypatch, engine: str):
     """SIGTERM makes Airflow's handler call ``on_kill`` while the task sends; whatever the killed try did,
     it commits nothing partial, and the next run converges under the same message ids."""
     h = rel_harness
-    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    h.operator.update(batch_size=5, max_requests_in_flight=1, change_detection=engine)
     planned = prepare_changes(h)
     head_before = h.head()
     h.emulator.latency = 0.1
@@ -216,13 +221,14 @@ def test_on_kill_stops_sending(rel_harness: DagHarness, monkeypatch):
     assert h.emulator.message_count - before < 80
 
 
-def test_execution_timeout_mid_send_then_retry(rel_harness: DagHarness, monkeypatch):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_execution_timeout_mid_send_then_retry(rel_harness: DagHarness, monkeypatch, engine: str):
     """The first try runs past its execution_timeout (slow replies), Airflow calls on_kill and retries; the
     retry re-sends under the same ids and commits."""
     from airflow_provider_segment_profiles.operators.segment_profiles import SegmentProfilesSyncOperator
 
     h = rel_harness
-    h.operator.update(batch_size=5, max_requests_in_flight=1)
+    h.operator.update(batch_size=5, max_requests_in_flight=1, change_detection=engine)
     planned = prepare_changes(h)
     head_before = h.head()
     h.retries = 1

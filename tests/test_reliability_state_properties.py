@@ -271,18 +271,24 @@ def customers_view_check(messages: list[dict[str, Any]], warehouse: SqliteWareho
         assert_segment_matches(messages, expected)
 
 
-@pytest.mark.parametrize("mode", ["diff", "full"])
+@pytest.mark.parametrize(
+    ("mode", "engine"), [("diff", "worker"), ("full", "worker"), ("diff", "warehouse")], ids=lambda v: v
+)
 @PROPERTY_SETTINGS
 @given(ops=st.lists(TABLE_OPS, min_size=1, max_size=14))
 @example(ops=TABLE_EXAMPLE)
-def test_customers_converge_in_every_mode(mode: str, ops: list[tuple]):
-    FIGURES.input(f"state sequence ({mode})")
+def test_customers_converge_in_every_mode(mode: str, engine: str, ops: list[tuple]):
+    FIGURES.input(f"state sequence ({mode}, {engine} change detection)")
     with ExitStack() as stack:
         sandbox = Sandbox(stack)
         sandbox.warehouse.execute("CREATE TABLE customers (id INTEGER, name TEXT, email TEXT, plan TEXT)")
         mappings = CUSTOMER_MAPPINGS if mode == "diff" else [CUSTOMER_MAPPINGS[0]]
         runner = direct_runner(
-            sandbox, sql="SELECT id, name, email, plan FROM customers", mappings=mappings, sync_mode=mode
+            sandbox,
+            sql="SELECT id, name, email, plan FROM customers",
+            mappings=mappings,
+            sync_mode=mode,
+            change_detection=engine,
         )
         driver = SyncDriver(sandbox, runner.run)
         for op in ops:
@@ -385,19 +391,27 @@ def test_customers_converge_through_dag_runs(ops: list[tuple], airflow_db, monke
 # ----------------------------------------------------------------------------------------------------------
 # Known gaps found by the properties, pinned as deterministic tests
 # ----------------------------------------------------------------------------------------------------------
-def _diff_sandbox(stack: ExitStack) -> tuple[Sandbox, DirectRunner]:
+#: The known gaps hold for both change-detection engines (docs/change-detection.md).
+ENGINES = pytest.mark.parametrize("engine", ["worker", "warehouse"])
+
+
+def _diff_sandbox(stack: ExitStack, engine: str = "worker") -> tuple[Sandbox, DirectRunner]:
     sandbox = Sandbox(stack)
     sandbox.warehouse.execute("CREATE TABLE customers (id INTEGER, name TEXT, email TEXT, plan TEXT)")
     runner = direct_runner(
-        sandbox, sql="SELECT id, name, email, plan FROM customers", mappings=CUSTOMER_MAPPINGS
+        sandbox,
+        sql="SELECT id, name, email, plan FROM customers",
+        mappings=CUSTOMER_MAPPINGS,
+        change_detection=engine,
     )
     return sandbox, runner
 
 
-def test_value_flip_flop_within_the_dedup_window():
+@ENGINES
+def test_value_flip_flop_within_the_dedup_window(engine: str):
     FIGURES.input("value flip-flop")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()
@@ -412,10 +426,11 @@ def test_value_flip_flop_within_the_dedup_window():
             assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-def test_delete_after_a_crashed_try_delivered_the_add():
+@ENGINES
+def test_delete_after_a_crashed_try_delivered_the_add(engine: str):
     FIGURES.input("crash, then delete before the next run")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         with crash_after(0), pytest.raises(WorkerDied):
@@ -427,10 +442,11 @@ def test_delete_after_a_crashed_try_delivered_the_add():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-def test_revert_after_a_crashed_try_delivered_the_update():
+@ENGINES
+def test_revert_after_a_crashed_try_delivered_the_update(engine: str):
     FIGURES.input("crash, then revert before the next run")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()
@@ -443,10 +459,11 @@ def test_revert_after_a_crashed_try_delivered_the_update():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-def test_delete_after_an_ambiguous_timeout():
+@ENGINES
+def test_delete_after_an_ambiguous_timeout(engine: str):
     FIGURES.input("timed-out add, then delete")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         sandbox.emulator.delay_next(5, 0.4)
@@ -460,10 +477,11 @@ def test_delete_after_an_ambiguous_timeout():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-def test_revert_after_an_ambiguous_timeout_of_the_update():
+@ENGINES
+def test_revert_after_an_ambiguous_timeout_of_the_update(engine: str):
     FIGURES.input("timed-out update, then revert")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()
@@ -482,10 +500,11 @@ def test_revert_after_an_ambiguous_timeout_of_the_update():
         assert_segment_matches(sandbox.emulator.messages, warehouse_customers(wh))
 
 
-def test_record_that_leaves_and_returns_within_the_dedup_window():
+@ENGINES
+def test_record_that_leaves_and_returns_within_the_dedup_window(engine: str):
     FIGURES.input("delete, then the same record again")
     with ExitStack() as stack:
-        sandbox, runner = _diff_sandbox(stack)
+        sandbox, runner = _diff_sandbox(stack, engine)
         wh = sandbox.warehouse
         wh.execute("INSERT INTO customers VALUES (1, 'Ann', 'ann@x.test', 'free')")
         runner.run()

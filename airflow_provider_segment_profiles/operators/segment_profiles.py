@@ -106,6 +106,11 @@ class SegmentProfilesSyncOperator(BaseOperator):
     :param sync_log_table: a table in the model's warehouse (``table`` or ``schema.table``) that every run
         appends one row per message outcome to, created if absent; ``None`` (default) keeps no sync log.
         Dry runs write none. A failed write is a warning, never a failed sync (``docs/lineage.md``).
+    :param change_detection: ``worker`` (default: the worker reads every row and compares it with a
+        snapshot under ``state_path``) or ``warehouse`` (diff mode only: the comparison runs in the warehouse,
+        which keeps the state in ``state_schema``, and only changed rows are read; docs/change-detection.md).
+    :param state_schema: schema (PostgreSQL, Snowflake; created when absent) or table-name prefix (SQLite)
+        of the warehouse engine's state tables.
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """
@@ -157,6 +162,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         request_timeout: tuple[float, float] = (10.0, 30.0),
         progress_interval_s: float = 10.0,
         sync_log_table: str | None = None,
+        change_detection: str = "worker",
+        state_schema: str = "segment_profiles",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -185,6 +192,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.request_timeout = tuple(request_timeout)
         self.progress_interval_s = progress_interval_s
         self.sync_log_table = None if sync_log_table is None else check_table_name(sync_log_table)
+        self.change_detection = change_detection
+        self.state_schema = state_schema
         self._run: SyncRun | None = None
         #: Plain data of the last run for OpenLineage (``operators/lineage.py``), no run objects.
         self._lineage_facts: dict[str, Any] | None = None
@@ -203,6 +212,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 if _holds_template(max_deleted_fraction)
                 else _as_fraction("max_deleted_fraction", max_deleted_fraction),
             },
+            change_detection=change_detection,
+            state_schema=state_schema,
         )
         for name in ("full_refresh", "dry_run"):
             if not _holds_template(getattr(self, name)):
@@ -373,6 +384,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
             max_events_per_second=self.max_events_per_second,
             max_deleted_fraction=_as_fraction("max_deleted_fraction", self.max_deleted_fraction),
             progress_interval_s=self.progress_interval_s,
+            change_detection=self.change_detection,
+            state_schema=self.state_schema,
         )
 
     def _segment_hook(self, conn_id: str, resolve: bool) -> SegmentProfilesHook:

@@ -57,6 +57,7 @@ def commit_state(
             "cursor_column": config.cursor_column,
             "messages": messages,
             "destinations": destinations,
+            "change_detection": config.change_detection,
         },
     )
     state = location.commit(head, new, snapshot_file)

@@ -49,6 +49,8 @@ class SyncConfig:
     max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND
     max_deleted_fraction: float | None = DEFAULT_MAX_DELETED_FRACTION
     progress_interval_s: float = 10.0
+    change_detection: str = "worker"
+    state_schema: str = "segment_profiles"
 
     @property
     def mode(self) -> SyncMode:
@@ -73,11 +75,15 @@ def check_settings(
     max_requests_in_flight: int,
     max_events_per_second: float | None,
     fractions: Mapping[str, float | None],
+    change_detection: str = "worker",
+    state_schema: str = "segment_profiles",
 ) -> None:
     """
     Check the settings that do not depend on the data, all at once.
 
     :param fractions: threshold name -> value; each must be between 0 and 1 (``None`` disables one).
+    :param change_detection: ``worker`` or ``warehouse`` (diff mode only, docs/change-detection.md).
+    :param state_schema: where the warehouse engine keeps its tables (a plain SQL identifier).
     :raises ConfigurationError: listing every problem, naming the task.
     """
     problems = []
@@ -85,6 +91,7 @@ def check_settings(
         problems.append(f"sync_mode {sync_mode!r} is not one of {', '.join(SYNC_MODES)}")
     else:
         problems.extend(get_mode(sync_mode).check_settings(cursor_column))
+    problems.extend(_engine_problems(sync_mode, change_detection, state_schema))
     if not 1 <= batch_size <= MAX_BATCH_MESSAGES:
         problems.append("batch_size must be between 1 and 2,500 (Segment's batch limit)")
     if fetch_size < 1 or max_requests_in_flight < 1:
@@ -96,3 +103,23 @@ def check_settings(
             problems.append(f"{name} must be between 0 and 1")
     if problems:
         raise ConfigurationError(f"Invalid SegmentProfilesSyncOperator {task_id!r}: " + "; ".join(problems))
+
+
+def _engine_problems(sync_mode: str, change_detection: str, state_schema: str) -> list[str]:
+    from airflow_provider_segment_profiles.pipeline.detection.factory import ENGINES
+    from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import check_state_schema
+
+    if change_detection not in ENGINES:
+        return [f"change_detection {change_detection!r} is not one of {', '.join(ENGINES)}"]
+    if change_detection != "warehouse":
+        return []
+    problems = []
+    if sync_mode != "diff":
+        problems.append(
+            f"change_detection 'warehouse' only fits sync_mode 'diff', not {sync_mode!r} (it compares the "
+            "whole model with the committed state inside the warehouse)"
+        )
+    schema_problem = check_state_schema(state_schema)
+    if schema_problem:
+        problems.append(schema_problem)
+    return problems

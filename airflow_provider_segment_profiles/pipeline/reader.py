@@ -95,6 +95,8 @@ class ModelReader:
     :param sql: one query (see :func:`single_statement`).
     :param parameters: bind parameters, a sequence or a mapping.
     :param fetch_size: rows per ``fetchmany`` call.
+    :param connection: an open connection of ``hook`` to read through (it is not closed here), or ``None``
+        to open one (the warehouse change detector's temporary tables live in its own session).
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class ModelReader:
         sql: str,
         parameters: Sequence[Any] | Mapping[str, Any] | None,
         fetch_size: int = 5000,
+        connection: Any = None,
     ) -> None:
         self.hook = hook
+        self._shared = connection
         self.sql = sql
         self.parameters = parameters
         self.fetch_size = fetch_size
@@ -120,7 +124,7 @@ class ModelReader:
         :raises ModelQueryError: when the statement returns no result set, has duplicate column names, or
             the database refuses it as a programming error (syntax, unknown table, several statements).
         """
-        self._conn = self.hook.get_conn()
+        self._conn = self._shared if self._shared is not None else self.hook.get_conn()
         install_safe_loaders(self._conn)  # values the driver cannot hold become per-record outcomes
         if isinstance(self._conn, sqlite3.Connection):
             # SQLite stores any bytes as TEXT; undecodable text would fail every run (see _decode_sqlite_text).
@@ -179,6 +183,8 @@ class ModelReader:
         """Close the cursor and the connection; safe to call twice and from ``on_kill``."""
         cursor, self._cursor = self._cursor, None
         conn, self._conn = self._conn, None
+        if conn is self._shared:
+            conn = None  # its owner closes it
         for closeable in (cursor, conn):
             if closeable is not None:
                 # Closing after a kill or a broken connection: nothing more to do.

@@ -25,7 +25,7 @@ from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
 from airflow_provider_segment_profiles.exceptions import ModelQueryError, SyncCancelled
 from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
 from airflow_provider_segment_profiles.pipeline.commit import commit_state
-from airflow_provider_segment_profiles.pipeline.detection.worker import WorkerChangeDetector
+from airflow_provider_segment_profiles.pipeline.detection.factory import make_detector
 from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout
 from airflow_provider_segment_profiles.pipeline.reader import single_statement
 from airflow_provider_segment_profiles.pipeline.records import ChangeKind
@@ -159,14 +159,15 @@ class SyncRun:
             )
             accounting = SyncAccounting([m.name for m in self.mappings], report=report_file)
             accounting.sync_log = self.sync_log
-            detector = WorkerChangeDetector(
-                mode=mode,
+            detector = make_detector(
+                config,
                 location=self.location,
                 previous=previous,
                 head=self.head,
                 workdir=workdir,
                 accounting=accounting,
-                primary_key=config.primary_key,
+                warehouse=self.warehouse,
+                mappings=self.mappings,
                 journal_tag=None if config.dry_run else self.run_tag,
                 log=self.log,
                 refresh_from=self._refresh_from(),
@@ -175,6 +176,7 @@ class SyncRun:
             watermark = self._stream(detector, accounting, previous, dry_run_file, started)
             accounting.reconcile()
             summary = accounting.summary()
+            summary["rows_fetched"] = detector.rows_fetched
             state = None
             if not config.dry_run:
                 state = commit_state(
@@ -216,6 +218,7 @@ class SyncRun:
             dry_run=config.dry_run,
             full_refresh=config.full_refresh,
             duration_s=round(time.monotonic() - started, 3),
+            change_detection=config.change_detection,
         )
         return SyncResult(summary, state)
 
@@ -244,6 +247,7 @@ class SyncRun:
             accounting=accounting,
             fetch_size=config.fetch_size,
             cursor_start=sort_key(watermark_start) if watermark_start is not None else None,
+            connection=detector.source_connection(),
         )
         try:
             columns = source.open()

@@ -50,6 +50,7 @@ class RecordSource:
     :param fetch_size: rows per ``fetchmany``.
     :param cursor_start: sort key of the watermark the query starts from, so a first value of another
         kind (a number after texts) is rejected as the others would be.
+    :param connection: an open connection to read through instead of a new one (see :class:`ModelReader`).
     """
 
     def __init__(
@@ -63,8 +64,9 @@ class RecordSource:
         accounting: SyncAccounting,
         fetch_size: int = 5000,
         cursor_start: object = None,
+        connection: Any = None,
     ) -> None:
-        self.reader = ModelReader(hook, sql, parameters, fetch_size)
+        self.reader = ModelReader(hook, sql, parameters, fetch_size, connection)
         self.primary_key = primary_key
         self.cursor_column = cursor_column
         self.accounting = accounting

@@ -1,1 +1,2 @@
-"""Change detection engines behind one interface (:mod:`.base`): :mod:`.worker` (the default)."""
+"""Change detection engines behind one interface (:mod:`.base`): :mod:`.worker` (the default) and
+:mod:`.warehouse`; :mod:`.factory` picks one per run (``change_detection``)."""

@@ -5,7 +5,8 @@ An engine decides, for each record of the model, whether it was added, updated, 
 since the last committed state, remembers what delivery settled, and writes the state the next run
 compares against. The rest of the pipeline (message building, delivery, settling, commit) is shared by
 every engine. Engines: :mod:`.worker` (``change_detection="worker"``: the worker reads every row and
-compares it with a snapshot kept under ``state_path``).
+compares it with a snapshot kept under ``state_path``) and :mod:`.warehouse` (``change_detection=
+"warehouse"``: the comparison runs in the warehouse and only changed rows are read).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ class ChangeDetector(Protocol):
         self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] | None
     ) -> tuple[str, Sequence[Any] | Mapping[str, Any] | None]:
         """The SQL the source runs for the model ``statement`` (and its parameters)."""
+
+    def source_connection(self) -> Any:
+        """An open warehouse connection the source must read through (``None``: the source opens its own)."""
+
+    @property
+    def rows_fetched(self) -> int:
+        """Rows that crossed the network from the warehouse (the summary's ``rows_fetched``)."""
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """

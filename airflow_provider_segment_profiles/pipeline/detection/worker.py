@@ -114,6 +114,15 @@ class WorkerChangeDetector:
         """The model as it is (the mode may add the incremental watermark filter, see :mod:`..modes`)."""
         return statement, parameters
 
+    def source_connection(self) -> Any:
+        """The source opens its own connection."""
+        return None
+
+    @property
+    def rows_fetched(self) -> int:
+        """Every row read crossed the network."""
+        return self.accounting.rows_read
+
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """Set up the checksum over the used columns."""
         self._checksummer = Checksummer(seed, used_columns)

@@ -1,0 +1,414 @@
+"""
+The SQL that differs between warehouses for ``change_detection="warehouse"``: how a value is rendered for
+the checksum, how the unique identifier becomes text, where state tables live, and how rows are written in
+batches. One :class:`Dialect` per warehouse; :func:`dialect_for` picks it from the DB-API connection.
+
+Checksum definition (:data:`CHECKSUM_DEFINITION`): ``md5`` of the mappings' fingerprint followed by one
+rendering per used column, each ``|``-separated and tagged with its type, a NULL rendered as ``N`` (so
+``NULL`` and ``''`` differ) and text length-prefixed (so no separator inside a value can make two records
+render alike); the first 16 hex digits are the record's checksum. Each dialect renders values with
+explicit casts that do not depend on session settings it does not set itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from airflow_provider_segment_profiles.exceptions import ConfigurationError
+
+#: Version of the checksum definition; state built with another one must be rebuilt (``full_refresh``).
+CHECKSUM_DEFINITION = 1
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def check_state_schema(value: str) -> str | None:
+    """The problem with a ``state_schema`` value, or ``None`` when it is a plain SQL identifier."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        return (
+            f"state_schema {value!r} must be a plain SQL identifier (letters, digits, underscores, at most 63 "
+            "characters, not starting with a digit)"
+        )
+    return None
+
+
+def quote(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier (standard SQL, SQLite and PostgreSQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """``text`` as a single-quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _md5_hex(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
+
+
+class Dialect:
+    """
+    What one warehouse's SQL needs. Subclasses fill in the parts that differ.
+
+    :ivar name: recorded in the state; a state built by another dialect is refused.
+    :ivar uses_named_cursors: stream large results through server-side cursors.
+    """
+
+    name = "generic"
+    uses_named_cursors = False
+    unique_indexes = True
+
+    def prepare_connection(self, conn: Any) -> None:
+        """Set up a fresh connection (functions, transaction mode)."""
+
+    def session_settings(self) -> list[str]:
+        """Statements that fix value rendering for the rest of the run's transaction."""
+        return []
+
+    def table(self, schema: str, name: str) -> str:
+        """The qualified name of a state table."""
+        return f"{quote(schema)}.{quote(name)}"
+
+    def temp_table(self, name: str) -> str:
+        """How a temporary table of this run is named in SQL."""
+        return quote(name)
+
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
+        """An index on one column of a temporary table of this run (``None``: the warehouse has none)."""
+        return f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(table + '_' + column.strip('_'))} ON {quote(table)} ({column})"
+
+    def position_sql(self) -> str:
+        """Each row's position in the model's result (increasing; gaps allowed)."""
+        return "row_number() OVER ()"
+
+    def key_sql(self, column: str) -> str:
+        """The unique identifier as text, as :func:`~..checksum.record_key` renders it."""
+        raise NotImplementedError
+
+    def value_sql(self, column: str) -> str:
+        """One value's type-tagged text for the checksum (never NULL)."""
+        raise NotImplementedError
+
+    def checksum_sql(self, seed: str, columns: Sequence[str], types: Sequence[Any]) -> str:
+        """
+        The record's checksum: the first 16 hex digits of md5 over the seed, the used columns' names and
+        result types (constant per run: a changed type re-sends the records once) and their values.
+        """
+        header = seed + "|" + ",".join(f"{c}:{t}" for c, t in zip(columns, types, strict=True))
+        parts = [literal(header)] + [self.value_sql(quote(c)) for c in columns]
+        return "substr(md5(" + " || '|' || ".join(parts) + "), 1, 16)"
+
+    def analyze(self, table: str) -> str | None:
+        """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
+        return None
+
+    def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
+        """A partial index of the state's tombstones, so expiring them does not scan the state."""
+        index = quote(self.index_name(schema, name, "deleted"))
+        return (
+            f"CREATE INDEX IF NOT EXISTS {index} ON {self.table(schema, name)} (deleted_at) "
+            "WHERE deleted_at IS NOT NULL"
+        )
+
+    def index_name(self, schema: str, name: str, suffix: str) -> str:
+        """An index's name (in the table's schema)."""
+        return f"{name}_{suffix}"
+
+    def greatest(self, a: str, b: str) -> str:
+        """The larger of two integers."""
+        return f"GREATEST({a}, {b})"
+
+    def state_ddl(self, table: str) -> str:
+        """The per-record state table."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {table} (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, "
+            "uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT)"
+        )
+
+    def meta_ddl(self, table: str) -> str:
+        """The table of every sync's state metadata (generation, dialect, checksum definition, columns)."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {table} (sync_id TEXT PRIMARY KEY, state_table TEXT NOT NULL, "
+            "generation BIGINT NOT NULL, dialect TEXT, definition INTEGER, used_columns TEXT, "
+            "updated_at BIGINT)"
+        )
+
+    def insert_ignore_meta(self, table: str, sync_id: str, state_table: str) -> tuple[str, tuple[Any, ...]]:
+        """The statement (and its parameters) that inserts a sync's metadata row unless it exists."""
+        return (
+            f"INSERT INTO {table} (sync_id, state_table, generation) VALUES ({self.ph}, {self.ph}, 0) "
+            "ON CONFLICT (sync_id) DO NOTHING",
+            (sync_id, state_table),
+        )
+
+    @property
+    def ph(self) -> str:
+        """The bind placeholder."""
+        return "?"
+
+    def insert_many(self, cursor: Any, sql_prefix: str, rows: Iterable[Sequence[Any]], width: int) -> None:
+        """Insert ``rows`` with ``sql_prefix`` (``INSERT INTO t (a, b)``) in batches, no per-row round trip."""
+        values = "(" + ", ".join([self.ph] * width) + ")"
+        cursor.executemany(f"{sql_prefix} VALUES {values}", list(rows))
+
+    def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
+        """Whether a state table exists."""
+        raise NotImplementedError
+
+    def ensure_schema(self, cursor: Any, schema: str) -> None:
+        """Create the state schema when it is absent."""
+
+    def begin_commit(self, conn: Any) -> None:
+        """Start the commit's transaction (where the connection does not start one itself)."""
+
+    def commit(self, conn: Any) -> None:
+        """Commit the transaction."""
+        conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back, ignoring a broken connection."""
+        with contextlib.suppress(Exception):
+            conn.rollback()
+
+    def grant_advice(self, schema: str, what: str) -> str:
+        """The grant a refused ``what`` (``schema``, ``table``, ``temp``) needs."""
+        return f"the warehouse user needs the right to create {what} objects for {schema}"
+
+
+class SqliteDialect(Dialect):
+    """SQLite: no schemas, so state tables are named ``{state_schema}__...`` in the model's database."""
+
+    name = "sqlite"
+
+    def prepare_connection(self, conn: Any) -> None:
+        import sqlite3
+
+        if sqlite3.sqlite_version_info < (3, 39, 0):
+            raise ConfigurationError(
+                f"change_detection='warehouse' needs SQLite 3.39 or later (FULL OUTER JOIN); this Python has "
+                f"SQLite {sqlite3.sqlite_version}. Use change_detection='worker'."
+            )
+        # SQLite has no hash function; one is registered on this connection only.
+        conn.create_function("md5", 1, _md5_hex, deterministic=True)
+        conn.isolation_level = None  # autocommit; the commit's transaction is explicit (BEGIN IMMEDIATE)
+
+    def table(self, schema: str, name: str) -> str:
+        return quote(f"{schema}__{name}")
+
+    def index_name(self, schema: str, name: str, suffix: str) -> str:
+        return f"{schema}__{name}_{suffix}"
+
+    def temp_table(self, name: str) -> str:
+        return f"temp.{quote(name)}"
+
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
+        # SQLite names the schema on the index, never on its table.
+        name = quote(table + "_" + column.strip("_"))
+        return f"CREATE {'UNIQUE ' if unique else ''}INDEX temp.{name} ON {quote(table)} ({column})"
+
+    def key_sql(self, column: str) -> str:
+        return (
+            f"CASE WHEN typeof({column}) = 'real' AND {column} = CAST({column} AS INTEGER) "
+            f"THEN CAST(CAST({column} AS INTEGER) AS TEXT) WHEN typeof({column}) = 'blob' "
+            f"THEN lower(hex({column})) ELSE CAST({column} AS TEXT) END"
+        )
+
+    def value_sql(self, column: str) -> str:
+        # typeof() tags the storage class; %!.17g prints a REAL exactly (16 significant digits without "!").
+        return (
+            f"CASE typeof({column}) WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || {column} "
+            f"WHEN 'real' THEN 'R' || printf('%!.17g', {column}) "
+            f"WHEN 'text' THEN 'T' || length({column}) || ':' || {column} ELSE 'B' || hex({column}) END"
+        )
+
+    def greatest(self, a: str, b: str) -> str:
+        return f"max({a}, {b})"
+
+    def state_ddl(self, table: str) -> str:
+        return super().state_ddl(table) + " WITHOUT ROWID"
+
+    def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
+        cursor.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (f"{schema}__{name}",)
+        )
+        return cursor.fetchone() is not None
+
+    def begin_commit(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+
+    def grant_advice(self, schema: str, what: str) -> str:
+        return "the SQLite database file (and its folder, for the journal) must be writable by the worker"
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL (psycopg 2 or 3): state tables in the ``state_schema`` schema, created when absent."""
+
+    name = "postgresql"
+    uses_named_cursors = True
+
+    def session_settings(self) -> list[str]:
+        # Text output of timestamps, floats, intervals and bytea depends on these settings
+        # (https://www.postgresql.org/docs/current/runtime-config-client.html); fixed for this transaction.
+        return [
+            "SET LOCAL TimeZone = 'UTC'",
+            "SET LOCAL DateStyle = 'ISO, YMD'",
+            "SET LOCAL IntervalStyle = 'postgres'",
+            "SET LOCAL extra_float_digits = 1",
+            "SET LOCAL bytea_output = 'hex'",
+        ]
+
+    @property
+    def ph(self) -> str:
+        return "%s"
+
+    def key_sql(self, column: str) -> str:
+        return f"CAST({column} AS TEXT)"
+
+    def value_sql(self, column: str) -> str:
+        # quote_nullable: NULL unquoted, any other value a quoted literal (quotes doubled), so no value can
+        # render like another or like NULL; the column's type is in the checksum's constant header.
+        return f"quote_nullable(CAST({column} AS TEXT))"
+
+    def analyze(self, table: str) -> str | None:
+        return f"ANALYZE {quote(table)}"
+
+    def insert_many(self, cursor: Any, sql_prefix: str, rows: Iterable[Sequence[Any]], width: int) -> None:
+        if type(cursor).__module__.startswith("psycopg2"):
+            from psycopg2.extras import execute_values
+
+            execute_values(cursor, f"{sql_prefix} VALUES %s", list(rows), page_size=1000)
+        else:  # psycopg 3 pipelines executemany
+            super().insert_many(cursor, sql_prefix, rows, width)
+
+    def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote(schema)}.{quote(name)}",))
+        return bool(cursor.fetchone()[0])
+
+    def ensure_schema(self, cursor: Any, schema: str) -> None:
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists.
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if cursor.fetchone() is None:
+            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+
+    def grant_advice(self, schema: str, what: str) -> str:
+        if what == "schema":
+            return (
+                f"create the schema first (CREATE SCHEMA {schema} AUTHORIZATION <user>) or "
+                "GRANT CREATE ON DATABASE <database> TO <user>"
+            )
+        if what == "temp":
+            return "GRANT TEMPORARY ON DATABASE <database> TO <user>"
+        return f"GRANT USAGE, CREATE ON SCHEMA {schema} TO <user>"
+
+
+class SnowflakeDialect(Dialect):
+    """
+    Snowflake (``snowflake-connector-python``; tested through ``fakesnow`` only, which runs Snowflake SQL on
+    DuckDB). No indexes, so repeated identifiers are found with a query; state tables in ``state_schema``
+    (quoted, so its case is kept), created when absent.
+    """
+
+    name = "snowflake"
+    unique_indexes = False
+
+    @property
+    def ph(self) -> str:
+        return "%s"
+
+    def temp_table(self, name: str) -> str:
+        return name  # created unquoted, so Snowflake stores it upper-cased: refer to it unquoted too
+
+    def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
+        return None
+
+    def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
+        return None
+
+    def position_sql(self) -> str:
+        # Snowflake's ROW_NUMBER needs an ORDER BY; SEQ8 numbers rows as they come, maybe with gaps
+        # (https://docs.snowflake.com/en/sql-reference/functions/seq1).
+        return "SEQ8() + 1"
+
+    def key_sql(self, column: str) -> str:
+        return f"CAST({column} AS VARCHAR)"
+
+    def value_sql(self, column: str) -> str:
+        # Snowflake has no quote_nullable: the same quoted-literal rendering, spelled out.
+        return f"coalesce('''' || replace(CAST({column} AS VARCHAR), '''', '''''') || '''', 'NULL')"
+
+    def insert_ignore_meta(self, table: str, sync_id: str, state_table: str) -> tuple[str, tuple[Any, ...]]:
+        return (
+            f"INSERT INTO {table} (sync_id, state_table, generation) SELECT %s, %s, 0 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE sync_id = %s)",
+            (sync_id, state_table, sync_id),
+        )
+
+    def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (schema, name),
+        )
+        return bool(cursor.fetchone()[0])
+
+    def ensure_schema(self, cursor: Any, schema: str) -> None:
+        cursor.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,))
+        if cursor.fetchone()[0]:
+            return
+        # CREATE SCHEMA also makes the new schema the session's current one
+        # (https://docs.snowflake.com/en/sql-reference/sql/create-schema): the model's unqualified names
+        # must keep resolving where they did, so the current schema is restored.
+        cursor.execute("SELECT CURRENT_DATABASE(), CURRENT_SCHEMA()")
+        database, current = cursor.fetchone()
+        cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        if database and current:
+            cursor.execute(f"USE SCHEMA {quote(database)}.{quote(current)}")
+
+    def begin_commit(self, conn: Any) -> None:
+        conn.cursor().execute("BEGIN")
+
+    def commit(self, conn: Any) -> None:
+        conn.cursor().execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.cursor().execute("ROLLBACK")
+
+    def grant_advice(self, schema: str, what: str) -> str:
+        return (
+            f"GRANT CREATE SCHEMA ON DATABASE <database> TO ROLE <role>, or create {schema} and GRANT USAGE, "
+            f"CREATE TABLE ON SCHEMA {schema} TO ROLE <role>"
+        )
+
+
+def dialect_for(conn: Any) -> Dialect:
+    """
+    The dialect of a DB-API connection.
+
+    :raises ConfigurationError: the warehouse has no dialect for ``change_detection="warehouse"`` yet.
+    """
+    module = type(conn).__module__
+    if module.startswith("sqlite3"):
+        return SqliteDialect()
+    if module.startswith(("psycopg2", "psycopg")):
+        return PostgresDialect()
+    if module.startswith(("snowflake.connector", "fakesnow")):
+        return SnowflakeDialect()
+    raise ConfigurationError(
+        f"change_detection='warehouse' supports SQLite, PostgreSQL and Snowflake connections, not {module!r} "
+        "yet; "
+        "use change_detection='worker' (docs/change-detection.md)."
+    )

@@ -156,9 +156,11 @@ SCENARIOS = [
 ]
 
 
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_fault_then_reconcile(rel_harness: DagHarness, scenario: Scenario):
+def test_fault_then_reconcile(rel_harness: DagHarness, scenario: Scenario, engine: str):
     h = rel_harness
+    h.operator["change_detection"] = engine  # both change-detection engines settle faults alike
     wh, emulator = h.warehouse, h.emulator
     create_customers(wh, range(1, 31))
     baseline = h.run()

@@ -168,10 +168,15 @@ def read_summaries(logical_date: str) -> tuple[dict[str, str], dict[str, dict[st
 def print_summary(
     title: str, states: dict[str, str], summaries: dict[str, dict[str, Any]], emulator: dict
 ) -> None:
-    """Print one run's summary: records per task, messages per mapping, and what the emulator accepted."""
+    """
+    Print one run's summary: records per task (rows read by the model, and rows fetched by the worker: the
+    warehouse engine of sync_customers fetches only the changed ones), messages per mapping, and what the
+    emulator accepted.
+    """
     print(f"\n{title}")
     print(
-        f"  {'task':<22}{'state':>9}{'rows read':>11}{'added':>8}{'updated':>9}{'deleted':>9}{'unchanged':>11}"
+        f"  {'task':<22}{'state':>9}{'rows read':>11}{'fetched':>9}{'added':>8}{'updated':>9}{'deleted':>9}"
+        f"{'unchanged':>11}"
     )
     for task_id in TASK_ORDER:
         summary = summaries.get(task_id)
@@ -180,7 +185,8 @@ def print_summary(
             continue
         records = summary["records"]
         print(
-            f"  {task_id:<22}{states.get(task_id, '?'):>9}{summary['rows_read']:>11,}{records['added']:>8,}"
+            f"  {task_id:<22}{states.get(task_id, '?'):>9}{summary['rows_read']:>11,}"
+            f"{summary.get('rows_fetched', summary['rows_read']):>9,}{records['added']:>8,}"
             f"{records['updated']:>9,}{records['deleted']:>9,}{records['unchanged']:>11,}"
         )
     print(f"  {'mapping':<42}{'delivered':>11}{'rejected':>10}{'failed':>8}")

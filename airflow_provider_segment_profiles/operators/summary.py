@@ -23,6 +23,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     title += ", full refresh" if summary.get("full_refresh") else ""
     title += f") in {summary['duration_s']:,} s"
     lines = ["", title, f"  {'rows read':<12} {summary['rows_read']:>12,}"]
+    fetched = summary.get("rows_fetched")
+    if fetched is not None and fetched != summary["rows_read"]:  # the warehouse engine read the rest in SQL
+        lines.append(f"  {'fetched':<12} {fetched:>12,}  (rows that left the warehouse)")
     lines += [f"  {kind:<12} {count:>12,}" for kind, count in records.items()]
     header = f"  {'mapping':<30} {'delivered':>11} {'rejected':>10} {'failed':>10} {'skipped':>10}"
     lines += ["", header]

@@ -2,8 +2,10 @@
 The SQL that differs between warehouses for ``change_detection="warehouse"``: how a value is rendered for
 the checksum, how the unique identifier becomes text, where state tables live, and how rows are written in
 batches. One :class:`Dialect` per warehouse; :func:`dialect_for` picks it from the DB-API connection.
+BigQuery, Redshift, Databricks and MySQL have dialects in :mod:`.generated` whose SQL is generated only:
+:func:`dialect_for` never returns them.
 
-Checksum definition (:data:`CHECKSUM_DEFINITION`): ``md5`` of the mappings' fingerprint followed by one
+Checksum definition (:data:`CHECKSUM_DEFINITION`): ``md5`` (``SHA2(..., 256)`` on MySQL) of the mappings' fingerprint followed by one
 rendering per used column, each ``|``-separated and tagged with its type, a NULL rendered as ``N`` (so
 ``NULL`` and ``''`` differ) and text length-prefixed (so no separator inside a value can make two records
 render alike); the first 16 hex digits are the record's checksum. Each dialect renders values with
@@ -63,6 +65,40 @@ class Dialect:
     name = "generic"
     uses_named_cursors = False
     unique_indexes = True
+    #: The statements are generated (and parsed in tests) but never ran on this warehouse: refused to run.
+    generated_only = False
+    #: The engine's column types (``TEXT``, ``BIGINT``, ``SMALLINT``, ``INTEGER``) as this warehouse names them.
+    sql_types: dict[str, str] = {}
+    #: How a temporary table of this run is created.
+    temp_create = "CREATE TEMP TABLE"
+
+    def quote(self, name: str) -> str:
+        """``name`` as a quoted identifier of this warehouse."""
+        return quote(name)
+
+    def sql_type(self, name: str) -> str:
+        """The engine's column type ``name`` in this warehouse's spelling."""
+        return self.sql_types.get(name, name)
+
+    def create_temp_as(self, name: str, select: str) -> str:
+        """A temporary table of this run created from ``select`` (``name`` as created, unqualified)."""
+        return f"{self.temp_create} {name} AS {select}"
+
+    def create_temp(self, name: str, columns: Sequence[tuple[str, str]]) -> str:
+        """An empty temporary table of this run; ``columns`` are ``(name, engine type)`` pairs."""
+        return f"{self.temp_create} {name} (" + ", ".join(f"{c} {self.sql_type(t)}" for c, t in columns) + ")"
+
+    def delete_all(self, table: str) -> str:
+        """A statement that deletes every row of ``table``."""
+        return f"DELETE FROM {table}"
+
+    def concat(self, parts: Sequence[str]) -> str:
+        """The ``|``-separated concatenation of text expressions that are never NULL."""
+        return " || '|' || ".join(parts)
+
+    def hash_hex(self, text: str) -> str:
+        """The lower-case hex digest of a text expression (md5 unless the dialect says otherwise)."""
+        return f"md5({text})"
 
     def prepare_connection(self, conn: Any) -> None:
         """Set up a fresh connection (functions, transaction mode)."""
@@ -73,11 +109,11 @@ class Dialect:
 
     def table(self, schema: str, name: str) -> str:
         """The qualified name of a state table."""
-        return f"{quote(schema)}.{quote(name)}"
+        return f"{self.quote(schema)}.{self.quote(name)}"
 
     def temp_table(self, name: str) -> str:
         """How a temporary table of this run is named in SQL."""
-        return quote(name)
+        return self.quote(name)
 
     def temp_index(self, table: str, column: str, unique: bool = False) -> str | None:
         """An index on one column of a temporary table of this run (``None``: the warehouse has none)."""
@@ -101,8 +137,8 @@ class Dialect:
         result types (constant per run: a changed type re-sends the records once) and their values.
         """
         header = seed + "|" + ",".join(f"{c}:{t}" for c, t in zip(columns, types, strict=True))
-        parts = [literal(header)] + [self.value_sql(quote(c)) for c in columns]
-        return "substr(md5(" + " || '|' || ".join(parts) + "), 1, 16)"
+        parts = [literal(header)] + [self.value_sql(self.quote(c)) for c in columns]
+        return "substr(" + self.hash_hex(self.concat(parts)) + ", 1, 16)"
 
     def analyze(self, table: str) -> str | None:
         """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
@@ -110,7 +146,7 @@ class Dialect:
 
     def tombstone_index_ddl(self, schema: str, name: str) -> str | None:
         """A partial index of the state's tombstones, so expiring them does not scan the state."""
-        index = quote(self.index_name(schema, name, "deleted"))
+        index = self.quote(self.index_name(schema, name, "deleted"))
         return (
             f"CREATE INDEX IF NOT EXISTS {index} ON {self.table(schema, name)} (deleted_at) "
             "WHERE deleted_at IS NOT NULL"

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import ConfigurationError, ModelQueryError, StateError
+from airflow_provider_segment_profiles.pipeline.detection.warehouse import statements as sql
 from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import (
     CHECKSUM_DEFINITION,
     Dialect,
     dialect_for,
-    quote,
 )
 from airflow_provider_segment_profiles.pipeline.reader import _is_programming_error
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 _ADDED, _UPDATED = ChangeKind.ADDED, ChangeKind.UPDATED
 _KINDS = {"added": _ADDED, "updated": _UPDATED}
-_FAILED, _REJECTED, _DELETE_FAILED = 1, 2, 3
+_FAILED, _REJECTED, _DELETE_FAILED = sql.FAILED, sql.REJECTED, sql.DELETE_FAILED
 _MARK_BATCH = 5000
 
 
@@ -316,9 +316,9 @@ class WarehouseChangeDetector:
         dialect = self.dialect
         for setting in dialect.session_settings():
             self._execute(setting).close()
-        model = f"(\n{statement}\n) sp_m"
+        model = sql.wrap_model(statement)
         try:
-            cursor = self._execute(f"SELECT * FROM {model} WHERE 1 = 0", parameters)
+            cursor = self._execute(sql.probe_model(model), parameters)
         except Exception as err:
             # As the source does: a programming error is permanent, anything else (a missing table, a lost
             # connection) is left to Airflow's retries.
@@ -328,24 +328,21 @@ class WarehouseChangeDetector:
         description = list(cursor.description or ())
         cursor.close()
         columns = [str(d[0]) for d in description]
-        selected = ", ".join(f"m.{quote(c)}" for c in columns)
         if self.primary_key not in columns:
             # The source reports the missing column (with the others) when it binds.
-            self._execute(f"CREATE TEMP TABLE sp_model AS SELECT * FROM {model} WHERE 1 = 0", parameters)
+            self._execute(dialect.create_temp_as("sp_model", sql.probe_model(model)), parameters)
+            selected = ", ".join(f"m.{dialect.quote(c)}" for c in columns)
             return f"SELECT {selected} FROM {self._t('model')} m", None
         self._used = self._used_columns(columns)
         self._seed = "|".join(m.fingerprint for m in self.mappings)
         self._check_meta(exists)
         self._open_journal()
         types = {str(d[0]): d[1] for d in description}
-        key = dialect.key_sql(f"sp_m.{quote(self.primary_key)}")
-        checksum = dialect.checksum_sql(self._seed, self._used, [types[c] for c in self._used])
+        materialise = sql.materialise_model(
+            dialect, model, self.primary_key, self._seed, self._used, [types[c] for c in self._used]
+        )
         try:
-            self._execute(
-                f"CREATE TEMP TABLE sp_model AS SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, "
-                f"{dialect.position_sql()} AS __sp_pos FROM {model}",
-                parameters,
-            ).close()
+            self._execute(materialise, parameters).close()
         except Exception as err:
             if type(err).__name__ == "InsufficientPrivilege":
                 raise ConfigurationError(
@@ -373,17 +370,11 @@ class WarehouseChangeDetector:
             changed,
             unchanged,
         )
-        return (
-            f"SELECT {selected} FROM {self._t('model')} m JOIN {self._t('diff')} d ON d.pos = m.__sp_pos "
-            "ORDER BY d.pos",
-            None,
-        )
+        return sql.changed_rows(dialect, columns), None
 
     def _reject_null_keys(self) -> None:
         """Reject the rows whose unique identifier is NULL, as the source would."""
-        cursor = self._execute(
-            f"SELECT __sp_pos FROM {self._t('model')} WHERE __sp_key IS NULL ORDER BY __sp_pos"
-        )
+        cursor = self._execute(sql.null_keys(self.dialect))
         nulls = [row[0] for row in cursor.fetchall()]
         cursor.close()
         for position in nulls:
@@ -406,29 +397,19 @@ class WarehouseChangeDetector:
         identifier makes the index fail (inside a savepoint), and only then are the repeats looked for;
         elsewhere (Snowflake) they are looked for with a query. Repeats are rejected and left out.
         """
-        model, accounting = self._t("model"), self.accounting
-        create = (
-            f"CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos "
-            f"FROM {model} WHERE __sp_key IS NOT NULL"
-        )
-        if self.dialect.unique_indexes and self._unique_current_records(create):
+        accounting = self.accounting
+        if self.dialect.unique_indexes and self._unique_current_records(
+            sql.current_records(self.dialect, without_repeats=False)
+        ):
             return
-        cursor = self._execute(
-            f"SELECT __sp_key, count(*) - 1 FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key "
-            "HAVING count(*) > 1 ORDER BY min(__sp_pos)"
-        )
+        cursor = self._execute(sql.repeated_keys(self.dialect))
         duplicates = cursor.fetchall()
         cursor.close()
         for key, extra in duplicates:
             for _ in range(int(extra)):
                 accounting.rows_read += 1
                 accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
-        if duplicates:
-            create += (
-                f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL "
-                "GROUP BY __sp_key)"
-            )
-        self._execute(create).close()
+        self._execute(sql.current_records(self.dialect, without_repeats=bool(duplicates))).close()
         self._maybe(self.dialect.temp_index("sp_cur", "pk", unique=True))
         self._analyze("sp_cur")
 
@@ -461,14 +442,11 @@ class WarehouseChangeDetector:
         self._prev, self._prev_is_copy = prev, True
         source = self.state if exists and not self.full_refresh else None
         if source is not None:
-            self._execute(f"CREATE TEMP TABLE sp_prev AS SELECT * FROM {source}").close()
+            self._execute(sql.copy_previous(self.dialect, source)).close()
         else:
-            self._execute(
-                "CREATE TEMP TABLE sp_prev (pk TEXT, checksum TEXT, version BIGINT, uncertain SMALLINT, "
-                "pending SMALLINT, deleted_at BIGINT)"
-            ).close()
+            self._execute(sql.empty_previous(self.dialect)).close()
         if records:
-            self._execute("CREATE TEMP TABLE sp_journal (pk TEXT, version BIGINT)").close()
+            self._execute(sql.journal_table(self.dialect)).close()
             cursor = self.conn.cursor()
             for start in range(0, len(records), _MARK_BATCH):
                 self.dialect.insert_many(
@@ -478,19 +456,8 @@ class WarehouseChangeDetector:
                     2,
                 )
             cursor.close()
-            journal = self._t("journal")
-            self._execute(
-                f"UPDATE {prev} SET uncertain = 1 WHERE deleted_at IS NULL "
-                f"AND pk IN (SELECT pk FROM {journal})"
-            ).close()
-            self._execute(
-                f"DELETE FROM {prev} WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM {journal})"
-            ).close()
-            self._execute(
-                f"INSERT INTO {prev} (pk, checksum, version, uncertain, pending, deleted_at) "
-                f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM {journal} j "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk"
-            ).close()
+            for statement in sql.fold_journal(self.dialect):
+                self._execute(statement).close()
         self._maybe(self.dialect.temp_index("sp_prev", "pk", unique=True))
 
     def _diff(self) -> None:
@@ -498,32 +465,9 @@ class WarehouseChangeDetector:
         ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
         records (their versions and what Segment held before) and the deleted ones (no position).
         """
-        live = "p.pk IS NOT NULL AND p.deleted_at IS NULL"
-        unchanged = (
-            f"{live} AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 "
-            "AND p.pending = 0"
-        )
-        # The version of the change this run sends: the next one after what Segment holds (after a
-        # tombstone's), except for an unconfirmed add, sent again under the version it was first sent with.
-        version = (
-            "CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 "
-            "WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 "
-            f"WHEN p.checksum IS NULL THEN {self.dialect.greatest('coalesce(p.version, 1)', '1')} "
-            "ELSE coalesce(p.version, 0) + 1 END"
-        )
-        self._execute(
-            "CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, "
-            "c.checksum AS checksum, "
-            f"CASE WHEN {live} THEN p.checksum END AS prev_checksum, "
-            f"CASE WHEN {live} THEN p.version END AS prev_version, {version} AS version, "
-            "CASE WHEN c.pk IS NULL THEN 'deleted' "
-            f"WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
-            f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending "
-            f"FROM {self._t('cur')} c FULL OUTER JOIN {self._prev} p ON p.pk = c.pk "
-            f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)"
-        ).close()
+        self._execute(sql.diff(self.dialect, self._prev)).close()
         self._maybe(self.dialect.temp_index("sp_diff", "pos"))
-        self._execute("CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER)").close()
+        self._execute(sql.marks_table(self.dialect)).close()
         self._analyze("sp_diff")  # plans the source's join and the commit's
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
@@ -544,10 +488,7 @@ class WarehouseChangeDetector:
             return []
         if self._side is None:
             self._side = self._cursor(named=True)
-            self._side.execute(
-                f"SELECT pk, checksum, version, kind, pending FROM {self._t('diff')} "
-                "WHERE kind <> 'deleted' ORDER BY pos"
-            )
+            self._side.execute(sql.classifications(self.dialect))
         side = self._side.fetchmany(len(records))
         if len(side) != len(records):
             raise StateError(
@@ -612,9 +553,7 @@ class WarehouseChangeDetector:
         if not self.mode.detects_deletions or self._deletions_held:
             return
         cursor = self._cursor(named=True)
-        cursor.execute(
-            f"SELECT pk, prev_checksum, version FROM {self._t('diff')} WHERE kind = 'deleted' ORDER BY pk"
-        )
+        cursor.execute(sql.deleted_rows(self.dialect))
         deleted = ChangeKind.DELETED
         try:
             while rows := cursor.fetchmany(5000):
@@ -669,67 +608,25 @@ class WarehouseChangeDetector:
         if self._side is not None:
             self._side.close()
             self._side = None
-        d, ph = self.dialect, self.dialect.ph
-        state, diff, flags = self.state, self._t("diff"), self._t("flags")
+        d, state = self.dialect, self.state
         # One row per marked key, so the statements below join it instead of probing the marks per record.
-        self._execute(
-            "CREATE TEMP TABLE sp_flags AS SELECT pk, "
-            f"max(CASE WHEN mark = {_FAILED} THEN 1 ELSE 0 END) AS failed, "
-            f"max(CASE WHEN mark = {_REJECTED} THEN 1 ELSE 0 END) AS rejected, "
-            f"max(CASE WHEN mark = {_DELETE_FAILED} THEN 1 ELSE 0 END) AS delete_failed "
-            f"FROM {self._t('marks')} GROUP BY pk"
-        ).close()
+        self._execute(sql.flags(d)).close()
         self._maybe(d.temp_index("sp_flags", "pk", unique=True))
-        failed = "coalesce(f.failed, 0) = 1"
-        held_back = "(coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1)"
-        statements: list[tuple[str, Any]] = []
-        if self._prev_is_copy:
-            statements += [
-                (f"DELETE FROM {state}", None),
-                (
-                    f"INSERT INTO {state} (pk, checksum, version, uncertain, pending, deleted_at) "
-                    f"SELECT pk, checksum, version, uncertain, pending, deleted_at FROM {self._prev}",
-                    None,
-                ),
-            ]
-        upserts = "kind IN ('added', 'updated')"
-        statements += [
-            (f"DELETE FROM {state} WHERE pk IN (SELECT pk FROM {diff} WHERE {upserts})", None),
-            (
-                f"INSERT INTO {state} (pk, checksum, version, uncertain, pending, deleted_at) "
-                f"SELECT d.pk, CASE WHEN {held_back} THEN d.prev_checksum ELSE d.checksum END, "
-                f"CASE WHEN {held_back} AND d.prev_checksum IS NOT NULL THEN d.prev_version "
-                "ELSE d.version END, "
-                f"CASE WHEN {failed} AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, "
-                "coalesce(f.rejected, 0), NULL "
-                f"FROM {diff} d LEFT JOIN {flags} f ON f.pk = d.pk WHERE d.{upserts}",
-                None,
-            ),
-        ]
-        if self.mode.detects_deletions and not self._deletions_held:
-            failed_deletes = f"SELECT pk FROM {flags} WHERE delete_failed = 1"
-            statements += [
-                (f"UPDATE {state} SET uncertain = 1, pending = 0 WHERE pk IN ({failed_deletes})", None),
-                (
-                    f"UPDATE {state} SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, "
-                    f"pending = 0, deleted_at = {ph} WHERE pk IN (SELECT pk FROM {diff} WHERE kind = 'deleted') "
-                    f"AND pk NOT IN ({failed_deletes})",
-                    (self._now,),
-                ),
-            ]
-        statements.append(
-            (
-                f"DELETE FROM {state} WHERE deleted_at IS NOT NULL AND deleted_at <= {ph}",
-                (self._now - TOMBSTONE_RETENTION_S,),
-            )
+        statements = sql.commit_statements(
+            d,
+            state,
+            self._prev,
+            previous_is_copy=self._prev_is_copy,
+            deletions=self.mode.detects_deletions and not self._deletions_held,
+            now=self._now,
+            tombstones_expire=self._now - TOMBSTONE_RETENTION_S,
         )
         conn = self.conn
         try:
             d.begin_commit(conn)
             cursor = conn.cursor()
             cursor.execute(
-                f"UPDATE {self.meta} SET generation = {ph}, dialect = {ph}, definition = {ph}, "
-                f"used_columns = {ph}, updated_at = {ph} WHERE sync_id = {ph} AND generation = {ph}",
+                sql.move_generation(d, self.meta),
                 (
                     self.head_generation + 1,
                     d.name,
@@ -747,12 +644,12 @@ class WarehouseChangeDetector:
                     "committed. Do not run the same sync concurrently.",
                     advice="Retry the task: it starts from the state the other run committed.",
                 )
-            for sql, parameters in statements:
+            for statement, parameters in statements:
                 if parameters is None:
-                    cursor.execute(sql)
+                    cursor.execute(statement)
                 else:
-                    cursor.execute(sql, parameters)
-            cursor.execute(f"SELECT count(*) FROM {state} WHERE deleted_at IS NULL")
+                    cursor.execute(statement, parameters)
+            cursor.execute(sql.live_count(state))
             count = int(cursor.fetchone()[0])
             cursor.close()
             d.commit(conn)

@@ -1,0 +1,94 @@
+-- meta_ddl
+CREATE TABLE IF NOT EXISTS "segment_profiles__syncs" (sync_id TEXT PRIMARY KEY, state_table TEXT NOT NULL, generation BIGINT NOT NULL, dialect TEXT, definition INTEGER, used_columns TEXT, updated_at BIGINT);
+
+-- state_ddl
+CREATE TABLE IF NOT EXISTS "segment_profiles__sp_sync_customers_0123456789ab" (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT) WITHOUT ROWID;
+
+-- tombstone_index
+CREATE INDEX IF NOT EXISTS "segment_profiles__sp_sync_customers_0123456789ab_deleted" ON "segment_profiles__sp_sync_customers_0123456789ab" (deleted_at) WHERE deleted_at IS NOT NULL;
+
+-- insert_meta
+INSERT INTO "segment_profiles__syncs" (sync_id, state_table, generation) VALUES (?, ?, 0) ON CONFLICT (sync_id) DO NOTHING;
+
+-- probe_model
+SELECT * FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m WHERE 1 = 0;
+
+-- materialise_model
+CREATE TEMP TABLE sp_model AS SELECT sp_m.*, CASE WHEN typeof(sp_m."customer_id") = 'real' AND sp_m."customer_id" = CAST(sp_m."customer_id" AS INTEGER) THEN CAST(CAST(sp_m."customer_id" AS INTEGER) AS TEXT) WHEN typeof(sp_m."customer_id") = 'blob' THEN lower(hex(sp_m."customer_id")) ELSE CAST(sp_m."customer_id" AS TEXT) END AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || CASE typeof("customer_id") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "customer_id" WHEN 'real' THEN 'R' || printf('%!.17g', "customer_id") WHEN 'text' THEN 'T' || length("customer_id") || ':' || "customer_id" ELSE 'B' || hex("customer_id") END || '|' || CASE typeof("email") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "email" WHEN 'real' THEN 'R' || printf('%!.17g', "email") WHEN 'text' THEN 'T' || length("email") || ':' || "email" ELSE 'B' || hex("email") END || '|' || CASE typeof("score") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "score" WHEN 'real' THEN 'R' || printf('%!.17g', "score") WHEN 'text' THEN 'T' || length("score") || ':' || "score" ELSE 'B' || hex("score") END || '|' || CASE typeof("signed_up_at") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "signed_up_at" WHEN 'real' THEN 'R' || printf('%!.17g', "signed_up_at") WHEN 'text' THEN 'T' || length("signed_up_at") || ':' || "signed_up_at" ELSE 'B' || hex("signed_up_at") END || '|' || CASE typeof("tags") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "tags" WHEN 'real' THEN 'R' || printf('%!.17g', "tags") WHEN 'text' THEN 'T' || length("tags") || ':' || "tags" ELSE 'B' || hex("tags") END), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_pos FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m;
+
+-- model_index
+CREATE INDEX temp."sp_model_sp_pos" ON "sp_model" (__sp_pos);
+
+-- null_keys
+SELECT __sp_pos FROM temp."sp_model" WHERE __sp_key IS NULL ORDER BY __sp_pos;
+
+-- repeated_keys
+SELECT __sp_key, count(*) - 1 FROM temp."sp_model" WHERE __sp_key IS NOT NULL GROUP BY __sp_key HAVING count(*) > 1 ORDER BY min(__sp_pos);
+
+-- current_records
+CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM temp."sp_model" WHERE __sp_key IS NOT NULL AND __sp_pos IN (SELECT min(__sp_pos) FROM temp."sp_model" WHERE __sp_key IS NOT NULL GROUP BY __sp_key);
+
+-- current_index
+CREATE UNIQUE INDEX temp."sp_cur_pk" ON "sp_cur" (pk);
+
+-- empty_previous
+CREATE TEMP TABLE sp_prev (pk TEXT, checksum TEXT, version BIGINT, uncertain SMALLINT, pending SMALLINT, deleted_at BIGINT);
+
+-- previous_index
+CREATE UNIQUE INDEX temp."sp_prev_pk" ON "sp_prev" (pk);
+
+-- diff
+CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN max(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending FROM temp."sp_cur" c FULL OUTER JOIN temp."sp_prev" p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
+
+-- diff_index
+CREATE INDEX temp."sp_diff_pos" ON "sp_diff" (pos);
+
+-- marks
+CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER);
+
+-- changed_rows
+SELECT m."customer_id", m."email", m."plan", m."score", m."signed_up_at", m."tags" FROM temp."sp_model" m JOIN temp."sp_diff" d ON d.pos = m.__sp_pos ORDER BY d.pos;
+
+-- classifications
+SELECT pk, checksum, version, kind, pending FROM temp."sp_diff" WHERE kind <> 'deleted' ORDER BY pos;
+
+-- deleted_rows
+SELECT pk, prev_checksum, version FROM temp."sp_diff" WHERE kind = 'deleted' ORDER BY pk;
+
+-- flags
+CREATE TEMP TABLE sp_flags AS SELECT pk, max(CASE WHEN mark = 1 THEN 1 ELSE 0 END) AS failed, max(CASE WHEN mark = 2 THEN 1 ELSE 0 END) AS rejected, max(CASE WHEN mark = 3 THEN 1 ELSE 0 END) AS delete_failed FROM temp."sp_marks" GROUP BY pk;
+
+-- flags_index
+CREATE UNIQUE INDEX temp."sp_flags_pk" ON "sp_flags" (pk);
+
+-- move_generation
+UPDATE "segment_profiles__syncs" SET generation = ?, dialect = ?, definition = ?, used_columns = ?, updated_at = ? WHERE sync_id = ? AND generation = ?;
+
+-- commit_0
+DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab";
+
+-- commit_1
+INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at) SELECT pk, checksum, version, uncertain, pending, deleted_at FROM temp."sp_prev";
+
+-- commit_2
+DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind IN ('added', 'updated'));
+
+-- commit_3
+INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL FROM temp."sp_diff" d LEFT JOIN temp."sp_flags" f ON f.pk = d.pk WHERE d.kind IN ('added', 'updated');
+
+-- commit_4
+UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);
+
+-- commit_5
+UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ? WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);
+
+-- commit_6
+DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE deleted_at IS NOT NULL AND deleted_at <= ?;
+
+-- live_count
+SELECT count(*) FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE deleted_at IS NULL;
+

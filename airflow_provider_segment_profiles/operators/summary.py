@@ -28,11 +28,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {'fetched':<12} {fetched:>12,}  (rows that left the warehouse)")
     lines += [f"  {kind:<12} {count:>12,}" for kind, count in records.items()]
     header = f"  {'mapping':<30} {'delivered':>11} {'rejected':>10} {'failed':>10} {'skipped':>10}"
-    lines += ["", header]
+    # changed: the updated records whose inputs of the mapping changed (summary key mapping_changes)
+    changed = summary.get("mapping_changes") or {}
+    lines += ["", header + f" {'changed':>10}"]
     for name, counts in summary["mappings"].items():
         lines.append(
             f"  {name:<30} {counts['delivered']:>11,} {counts['rejected']:>10,} {counts['failed']:>10,} "
-            f"{skipped['mappings'].get(name, 0):>10,}"
+            f"{skipped['mappings'].get(name, 0):>10,} {changed.get(name, 0):>10,}"
         )
     lines.append(
         f"  {'total':<30} {messages['delivered']:>11,} {messages['rejected']:>10,} {messages['failed']:>10,} "

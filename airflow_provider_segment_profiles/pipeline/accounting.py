@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -59,6 +60,12 @@ class SyncAccounting:
 
     def __post_init__(self) -> None:
         self.mappings = {name: MappingTally() for name in self.mapping_names}
+        #: mapping name -> updated records whose inputs of that mapping changed (see count_mapping_changes).
+        self.mapping_changes: Counter[str] = Counter()
+        #: Updated records that did not say which mappings changed (every mapping counts them).
+        self.updated_every_mapping = 0
+        #: Names of the mappings that send updated records (``None``: all); the others count none.
+        self.updating_mappings: frozenset[str] | None = None
         #: (outcome, mapping, field, reason with values masked) -> [count, first primary key, first reason]
         self._groups: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
 
@@ -69,6 +76,21 @@ class SyncAccounting:
         if field_:
             entry["field"] = field_
         self._report(entry)
+
+    def count_mapping_changes(self, changes: Iterable[Any]) -> None:
+        """
+        Count, per mapping, the updated records among ``changes`` (:class:`~.records.Change`) whose inputs
+        of that mapping changed; one whose ``changed_mappings`` is ``None`` counts for every mapping.
+        """
+        updated = "updated"
+        counts = self.mapping_changes
+        for change in changes:
+            if change.kind == updated:
+                names = change.changed_mappings
+                if names is None:
+                    self.updated_every_mapping += 1
+                else:
+                    counts.update(names)
 
     def warn(self, mapping: str, primary_key: str, warnings: list[str]) -> None:
         """
@@ -159,6 +181,13 @@ class SyncAccounting:
             "skipped": {
                 "total": sum(t.skipped for t in self.mappings.values()),
                 "mappings": {name: t.skipped for name, t in self.mappings.items()},
+            },
+            # Apart from "mappings" too: updated records whose inputs of each mapping changed.
+            "mapping_changes": {
+                name: self.mapping_changes[name] + self.updated_every_mapping
+                if self.updating_mappings is None or name in self.updating_mappings
+                else 0
+                for name in self.mappings
             },
             "rejected_samples": list(self.rejected_samples),
             "failed_samples": list(self.failed_samples),

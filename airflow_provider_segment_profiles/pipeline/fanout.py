@@ -1,8 +1,9 @@
 """
 Stage 3, message building: each change, fanned out over the mappings whose trigger selects it.
 
-One path for every change kind: an added or updated record is built from its row, a deleted one from its
-unique identifier alone (:meth:`RecordBuilder.build_deleted`); both get derived message ids from the
+One path for every change kind: an added or updated record is built from its row (an updated one only
+through the mappings its :attr:`~.records.Change.changed_mappings` names, when it names them), a deleted
+one from its unique identifier alone (:meth:`RecordBuilder.build_deleted`); both get derived message ids from the
 change token, both record their warnings, and both count every selected message exactly once (rejected
 here, or handed to delivery, which settles it).
 """
@@ -67,6 +68,8 @@ class MessageFanout:
         self.sync_log = accounting.sync_log
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
+        #: Names of the mappings that send updated records.
+        self.updating = frozenset(name for name, _, _ in self._targets[ChangeKind.UPDATED])
 
     def take_rejected(self) -> list[tuple[str, str, str]]:
         """``(unique identifier, mapping, kind)`` of upserts rejected since the last call (for state marks)."""
@@ -84,8 +87,11 @@ class MessageFanout:
         sync_log = self.sync_log
         rejected = self.rejected_keys
         by_name = self._by_name
-        for kind, key, row, token, _version, cursor_value, pending in changes:
+        for kind, key, row, token, _version, cursor_value, pending, changed in changes:
             chosen = targets[kind]
+            if changed is not None:
+                # An updated record goes only through the mappings whose own inputs changed.
+                chosen = [target for target in chosen if target[0] in changed]
             if pending:
                 # A record with messages an earlier run rejected: built again through those mappings, also
                 # when its trigger no longer selects it (an added record that changed since still owes its

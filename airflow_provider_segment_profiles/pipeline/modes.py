@@ -48,6 +48,8 @@ class SyncMode:
         later runs. Full mode sends every record every run anyway; incremental mode does not read a row
         again once the watermark passed it (holding the watermark for a row that stays bad would re-read
         everything after it on every run).
+    :ivar tracks_mapping_changes: whether an updated record is sent only through the mappings whose inputs
+        changed (:attr:`~.records.Change.changed_mappings`); the other modes select no updated records.
     """
 
     name = "diff"
@@ -57,6 +59,7 @@ class SyncMode:
     journals_sends = True
     uses_cursor = False
     retries_rejected = True
+    tracks_mapping_changes = True
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
         """The change kinds a mapping with ``trigger`` sends."""
@@ -129,6 +132,7 @@ class IncrementalMode(SyncMode):
     journals_sends = False
     uses_cursor = True
     retries_rejected = False
+    tracks_mapping_changes = False
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         # Keys known at the watermark were handled by the run that set it (rows equal to it are read again).
@@ -164,6 +168,7 @@ class FullMode(SyncMode):
     detects_deletions = False
     journals_sends = False
     retries_rejected = False
+    tracks_mapping_changes = False
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
         return frozenset() if trigger == "deleted" else _UPSERTS

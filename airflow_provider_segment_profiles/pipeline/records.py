@@ -74,6 +74,11 @@ class Change(NamedTuple):
     :param pending: names of the mappings whose messages for this record an earlier run rejected (see
         :meth:`~.detection.base.ChangeDetector.mark_rejected`). With ``kind`` ``unchanged`` the record is
         built again through these mappings only.
+    :param changed_mappings: for an ``updated`` record, the names of the mappings whose inputs (the columns
+        they read, and their definition) changed: only those of them whose trigger selects ``updated`` send.
+        ``None`` means every mapping: added and deleted records, and updated ones whose per-mapping view is
+        unknown (a state committed before it existed, an engine that does not compute it; see
+        ``docs/change-detection.md``).
     """
 
     kind: ChangeKind
@@ -83,6 +88,7 @@ class Change(NamedTuple):
     version: int = 0
     cursor_value: Any = None
     pending: tuple[str, ...] = ()
+    changed_mappings: tuple[str, ...] | None = None
 
 
 class MessageRef(NamedTuple):

@@ -252,6 +252,7 @@ class SyncRun:
         try:
             columns = source.open()
             fanout = self._bind(source, detector, columns, accounting)
+            accounting.updating_mappings = fanout.updating
             limiter = TokenBucket(config.max_events_per_second) if config.max_events_per_second else None
             dispatcher = Dispatcher(
                 self.segment_hooks,
@@ -268,6 +269,7 @@ class SyncRun:
                 for records in source.chunks():
                     self.raise_if_cancelled()
                     changes = detector.detect(records)
+                    accounting.count_mapping_changes(changes)
                     if not upserts_all_sent:
                         changes = [c for c in changes if c.kind in sent_kinds or c.pending]
                     self.raise_if_cancelled()

@@ -1,12 +1,16 @@
 """The record snapshot: what a sync knows Segment holds for every record, kept between runs.
 
-A snapshot file is an SQLite database with three tables:
+A snapshot file is an SQLite database with these tables:
 
-* ``snapshot(pk, checksum, cursor, version)``: every record the sync has sent, with the checksum of the
-  values Segment holds (``NULL``: an add whose delivery was not confirmed), the incremental cursor's sort key
-  (incremental mode only) and the record's **version**, the number of changes sent for it. A change's
-  message id includes the version it moves the record to, so a record returning to an earlier value within
-  Segment's 24 h de-duplication window gets a new id instead of being dropped as a duplicate.
+* ``snapshot(pk, checksum, cursor, version, mapping_checksums)``: every record the sync has sent, with the
+  checksum of the values Segment holds (``NULL``: an add whose delivery was not confirmed), the incremental
+  cursor's sort key (incremental mode only) and the record's **version**, the number of changes sent for
+  it. A change's message id includes the version it moves the record to, so a record returning to an
+  earlier value within Segment's 24 h de-duplication window gets a new id instead of being dropped as a
+  duplicate. ``mapping_checksums`` packs one 8-byte checksum per mapping, over the columns that mapping
+  reads (:class:`~..pipeline.detection.checksum.MappingChecksums`), for the mappings whose held value is
+  known: an updated record is sent only through the mappings whose checksum is not among them. ``NULL``
+  (a snapshot from before per-mapping changes, or an unconfirmed add): every mapping.
 * ``uncertain(pk)``: records for which Segment may hold another value than ``checksum``, because a message
   for them may or may not have been accepted (a timeout, or a try that died before committing; see
   :mod:`.journal`). The next run sends them even when their value equals ``checksum``.
@@ -34,8 +38,9 @@ from pathlib import Path
 TOMBSTONE_RETENTION_S = 48 * 3600
 
 _TABLES = """
-CREATE TABLE IF NOT EXISTS {db}.snapshot (pk TEXT PRIMARY KEY, checksum INTEGER, cursor, version INTEGER)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.snapshot (
+    pk TEXT PRIMARY KEY, checksum INTEGER, cursor, version INTEGER, mapping_checksums BLOB
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {db}.uncertain (pk TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {db}.tombstone (pk TEXT PRIMARY KEY, version INTEGER, deleted_at INTEGER)
     WITHOUT ROWID;
@@ -47,6 +52,9 @@ CREATE TABLE IF NOT EXISTS {db}.pending (pk TEXT, mapping TEXT, kind TEXT, PRIMA
 #: the flags are SQLite's 0 and 1 (rows come back from SQLite as they are).
 Lookup = tuple[int | None, int, int, int]
 _NEW: Lookup = (None, 0, 1, 0)
+#: :meth:`SnapshotStore.look_up`'s lookup with the held mapping checksums (see there) appended.
+MappingLookup = tuple[int | None, int, int, int, bytes | int | None]
+_NEW_MAPPED: MappingLookup = (None, 0, 1, 0, None)
 
 
 def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tuple[str, int]]) -> Path | None:
@@ -54,7 +62,9 @@ def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tup
     Make a local copy of the last committed snapshot ready to compare against, and fold in the records
     that tries which did not commit may have sent.
 
-    Snapshots written before versions and side tables existed are upgraded in place (the copy is local).
+    Snapshots written before versions, side tables and per-mapping checksums existed are upgraded in place
+    (the copy is local; their records get ``NULL`` mapping checksums, which the next run fills in for the
+    records it finds unchanged and treats as "every mapping" for the ones it finds updated).
 
     :param path: local copy of the committed snapshot, or ``None`` when there is none.
     :param workdir: folder for a new file when ``path`` is ``None`` but there is something to fold in.
@@ -77,6 +87,8 @@ def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tup
             columns = {row[1] for row in db.execute("PRAGMA table_info(snapshot)")}
             if "version" not in columns:
                 db.execute("ALTER TABLE snapshot ADD COLUMN version INTEGER")
+            if "mapping_checksums" not in columns:
+                db.execute("ALTER TABLE snapshot ADD COLUMN mapping_checksums BLOB")
         for statement in filter(str.strip, _TABLES.format(db="main").split(";")):
             db.execute(statement)
         if first is not None:
@@ -99,15 +111,20 @@ class SnapshotStore:
     The previous run's snapshot (read-only) and the one this run is building.
 
     Tables: ``prev.*`` from the last committed run (see the module docstring; empty on a first run or a full
-    refresh) and ``main.current(pk, checksum, prev_checksum, prev_version, version, cursor, failed, chunk)``
-    for this run. ``cursor`` holds the incremental cursor's sort key, ``NULL`` in other modes.
+    refresh) and ``main.current(pk, checksum, prev_checksum, prev_version, version, cursor, failed, chunk,
+    mapping_checksums, kept_checksums)`` for this run. ``cursor`` holds the incremental cursor's sort key,
+    ``NULL`` in other modes; ``kept_checksums`` the mapping checksums of a changed record that did not
+    change (what Segment holds for certain if the record's message fails).
 
     :param workdir: local folder for the SQLite files.
     :param previous: the previous snapshot file, prepared by :func:`prepare_previous`, or ``None``.
     :param now: clock for tombstone times, in seconds since the epoch.
+    :param per_mapping: :meth:`look_up` returns the held mapping checksums too (see there).
     """
 
-    def __init__(self, workdir: Path, previous: Path | None, now: float | None = None) -> None:
+    def __init__(
+        self, workdir: Path, previous: Path | None, now: float | None = None, per_mapping: bool = False
+    ) -> None:
         self.workdir = workdir
         self.now = int(time.time() if now is None else now)
         self.path = workdir / "current.sqlite"
@@ -121,9 +138,13 @@ class SnapshotStore:
             PRAGMA cache_size = -16384;
             CREATE TABLE current (
                 pk TEXT PRIMARY KEY, checksum INTEGER, prev_checksum INTEGER, prev_version INTEGER,
-                version INTEGER, cursor, failed INTEGER DEFAULT 0, chunk INTEGER
+                version INTEGER, cursor, failed INTEGER DEFAULT 0, chunk INTEGER, mapping_checksums BLOB,
+                kept_checksums BLOB
             ) WITHOUT ROWID;
-            CREATE TEMP TABLE chunk (pos INTEGER PRIMARY KEY, pk TEXT, checksum INTEGER, cursor);
+            CREATE TEMP TABLE chunk (
+                pos INTEGER PRIMARY KEY, pk TEXT, checksum INTEGER, cursor, mapping_checksums BLOB,
+                kept_checksums BLOB
+            );
             CREATE TEMP TABLE failed_deletes (pk TEXT PRIMARY KEY) WITHOUT ROWID;
             CREATE TEMP TABLE rejections (pk TEXT, mapping TEXT, kind TEXT, PRIMARY KEY (pk, mapping)) WITHOUT ROWID;
             """
@@ -160,13 +181,27 @@ class SnapshotStore:
             WHEN p.checksum IS NULL THEN max(coalesce(p.version, 1), 1)
             WHEN p.checksum = k.checksum AND NOT ({uncertain}) THEN coalesce(p.version, 0)
             ELSE coalesce(p.version, 0) + 1 END"""
+        # An unchanged record keeps the mapping checksums it had; a changed one gets this run's (set by
+        # set_mapping_checksums() before the chunk is added).
         self._insert_sql = f"""
-            INSERT OR IGNORE INTO current (pk, checksum, prev_checksum, prev_version, version, cursor, chunk)
-            SELECT k.pk, k.checksum, p.checksum, p.version, {version}, k.cursor, ?
+            INSERT OR IGNORE INTO current (pk, checksum, prev_checksum, prev_version, version, cursor, chunk,
+                mapping_checksums, kept_checksums)
+            SELECT k.pk, k.checksum, p.checksum, p.version, {version}, k.cursor, ?,
+                coalesce(k.mapping_checksums, p.mapping_checksums), k.kept_checksums
             FROM chunk k LEFT JOIN prev.snapshot p ON p.pk = k.pk{joins} ORDER BY k.pos
             """
+        # The held mapping checksums matter only for a record whose checksum changed; for an unchanged one
+        # the lookup says only whether they are there (0) or must be filled in (NULL, an upgraded snapshot).
+        held_mappings = (
+            ", CASE WHEN p.checksum = k.checksum AND p.mapping_checksums IS NOT NULL THEN 0 "
+            "ELSE p.mapping_checksums END"
+            if per_mapping
+            else ""
+        )
+        self._per_mapping = per_mapping
+        self._looked_up = 0
         self._lookup_sql = f"""
-            SELECT p.checksum, p.pk IS NOT NULL, {version}, {uncertain}
+            SELECT p.checksum, p.pk IS NOT NULL, {version}, {uncertain}{held_mappings}
             FROM chunk k LEFT JOIN prev.snapshot p ON p.pk = k.pk{joins} ORDER BY k.pos
             """
         self.db.execute("BEGIN")
@@ -219,6 +254,60 @@ class SnapshotStore:
         return [
             lookup if first else None
             for first, lookup in zip(firsts, db.execute(self._lookup_sql), strict=True)
+        ]
+
+    def look_up(self, chunk: Sequence[tuple[str, int, object]]) -> list[Lookup] | list[MappingLookup]:
+        """
+        Load a chunk and look it up in the previous snapshot, without adding it to the current one yet:
+        :meth:`set_mapping_checksums` may follow, then :meth:`add` must.
+
+        :param chunk: as for :meth:`add_and_look_up`.
+        :return: per record, as :meth:`add_and_look_up` (a duplicate is found only by :meth:`add`); with
+            ``per_mapping``, a fifth item: the packed mapping checksums Segment holds for a record whose
+            checksum changed (``None`` when unknown), ``0`` for an unchanged record that has them, ``None``
+            for an unchanged record without them (a snapshot written before they existed).
+        """
+        db = self.db
+        db.execute("DELETE FROM chunk")
+        # Emptied, the table numbers the new rows 1, 2, ... in order: ``pos`` needs no Python-side loop.
+        db.executemany("INSERT INTO chunk (pk, checksum, cursor) VALUES (?, ?, ?)", chunk)
+        self._looked_up = len(chunk)
+        if self._first_run:
+            return [_NEW_MAPPED if self._per_mapping else _NEW] * len(chunk)
+        return db.execute(self._lookup_sql).fetchall()
+
+    def set_mapping_checksums(self, rows: Iterable[tuple[bytes, bytes | None, int]]) -> None:
+        """
+        ``(packed mapping checksums, the packed ones that did not change or None, position in the chunk
+        from 1)`` of the looked-up chunk's records that changed (only those: an unchanged record keeps its).
+        """
+        self.db.executemany("UPDATE chunk SET mapping_checksums = ?, kept_checksums = ? WHERE pos = ?", rows)
+
+    def add(self) -> list[bool] | None:
+        """
+        Add the looked-up chunk to the current snapshot.
+
+        :return: ``None`` when no record of the chunk was already in this run (the usual case), else per
+            record whether it is the first of its unique identifier (the others are not added).
+        """
+        db = self.db
+        self._chunks += 1
+        number = self._chunks
+        if self._first_run:
+            sql = (
+                "INSERT OR IGNORE INTO current (pk, checksum, version, cursor, chunk, mapping_checksums) "
+                "SELECT pk, checksum, 1, cursor, ?, mapping_checksums FROM chunk ORDER BY pos"
+            )
+        else:
+            sql = self._insert_sql
+        added = db.execute(sql, (number,)).rowcount
+        if added == self._looked_up:
+            return None
+        return [
+            chunk_number == number
+            for (chunk_number,) in db.execute(
+                "SELECT c.chunk FROM chunk k JOIN current c ON c.pk = k.pk ORDER BY k.pos"
+            )
         ]
 
     def mark_failed(self, pks: Iterable[str]) -> None:
@@ -285,7 +374,9 @@ class SnapshotStore:
 
         Delivered, rejected and unchanged records keep this run's checksum and version. A record with an
         undelivered message keeps what Segment held before and becomes uncertain (the message may have been
-        accepted before a timeout), so it is sent again even if its value goes back; an added record whose
+        accepted before a timeout), so it is sent again even if its value goes back; of its mapping
+        checksums it keeps only those of the mappings that did not change (a mapping that sent may now hold
+        either value, so it is sent again next run); an added record whose
         message failed is kept with a ``NULL`` checksum, so it is added again if still in the model and
         deleted if gone. A deleted record whose message failed is kept, uncertain, so it is deleted again.
         Records deleted now become tombstones; tombstones older than :data:`TOMBSTONE_RETENTION_S` go.
@@ -297,17 +388,21 @@ class SnapshotStore:
         return self._write(
             destination,
             f"""
-            INSERT INTO out.snapshot (pk, checksum, cursor, version)
+            INSERT INTO out.snapshot (pk, checksum, cursor, version, mapping_checksums)
             SELECT pk, CASE WHEN failed THEN prev_checksum ELSE checksum END, NULL,
-                CASE WHEN failed AND prev_checksum IS NOT NULL THEN prev_version ELSE version END
+                CASE WHEN failed AND prev_checksum IS NOT NULL THEN prev_version ELSE version END,
+                CASE WHEN NOT failed THEN mapping_checksums WHEN prev_checksum IS NULL THEN NULL
+                    WHEN kept_checksums IS NOT NULL THEN kept_checksums
+                    WHEN prev_checksum = checksum THEN mapping_checksums END
             FROM current;
             INSERT INTO out.uncertain (pk) SELECT pk FROM current WHERE failed AND prev_checksum IS NOT NULL;
             INSERT INTO out.pending (pk, mapping, kind) SELECT pk, mapping, kind FROM rejections;
-            INSERT INTO out.snapshot (pk, checksum, cursor, version)
-            SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
+            INSERT INTO out.snapshot (pk, checksum, cursor, version, mapping_checksums)
+            SELECT p.pk, p.checksum, NULL, p.version, p.mapping_checksums
+            FROM prev.snapshot p JOIN failed_deletes f ON f.pk = p.pk;
             INSERT INTO out.uncertain (pk) SELECT pk FROM failed_deletes;
-            INSERT INTO out.snapshot (pk, checksum, cursor, version)
-            SELECT p.pk, p.checksum, NULL, p.version FROM prev.snapshot p
+            INSERT INTO out.snapshot (pk, checksum, cursor, version, mapping_checksums)
+            SELECT p.pk, p.checksum, NULL, p.version, p.mapping_checksums FROM prev.snapshot p
             WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = p.pk);
             INSERT INTO out.uncertain (pk) SELECT u.pk FROM prev.uncertain u
             WHERE {held} AND NOT EXISTS (SELECT 1 FROM current c WHERE c.pk = u.pk);

@@ -51,9 +51,56 @@ class Checksummer:
 
     def __call__(self, row: Sequence[Any]) -> int:
         """Checksum of ``row`` as a signed 64-bit integer (fits an SQLite INTEGER)."""
+        # Not through digest(): this runs once per record read, and a call costs a Python frame.
         hasher = self._keyed.copy()
         hasher.update(repr(self._values(row)).encode("utf-8", "surrogatepass"))
         return int.from_bytes(hasher.digest(), "big", signed=True)
+
+    def digest(self, row: Sequence[Any]) -> bytes:
+        """The checksum of ``row`` as its 8 bytes."""
+        hasher = self._keyed.copy()
+        hasher.update(repr(self._values(row)).encode("utf-8", "surrogatepass"))
+        return hasher.digest()
+
+
+class MappingChecksums:
+    """
+    One :class:`Checksummer` per mapping, each over the columns that mapping reads and seeded with that
+    mapping's fingerprint (so a changed definition, a literal included, changes its checksum alone).
+
+    :meth:`__call__` packs a row's checksums into one value: their 8-byte digests concatenated. The packed
+    value is compared as a *set* of digests (:func:`changed_among`), never by position: each digest is keyed
+    by its mapping's fingerprint, which names the mapping (two mappings of a sync never share one), so
+    adding, removing or reordering mappings leaves the other mappings' digests comparable.
+
+    :param mappings: ``(mapping name, fingerprint, column positions)`` of every mapping to follow.
+    """
+
+    def __init__(self, mappings: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+        self.names = tuple(name for name, _, _ in mappings)
+        self._digests = tuple(
+            Checksummer(fingerprint, columns).digest for _, fingerprint, columns in mappings
+        )
+
+    def __call__(self, row: Sequence[Any]) -> tuple[bytes, ...]:
+        """Each mapping's digest of ``row``, in the order of :attr:`names`."""
+        return tuple(digest(row) for digest in self._digests)
+
+
+def changed_among(
+    names: Sequence[str], digests: Sequence[bytes], held: bytes
+) -> tuple[tuple[str, ...], bytes]:
+    """
+    The mappings whose digest is not among the ``held`` ones, and the held digests that are still current.
+
+    :param names: mapping names, in the order of ``digests``.
+    :param digests: this run's digests (:meth:`MappingChecksums.__call__`).
+    :param held: the packed digests of the values Segment holds (8 bytes each).
+    :return: ``(names of the changed mappings, the packed digests of the unchanged ones)``.
+    """
+    known = {held[start : start + 8] for start in range(0, len(held), 8)}
+    changed = tuple(name for name, digest in zip(names, digests, strict=True) if digest not in known)
+    return changed, b"".join(digest for digest in digests if digest in known)
 
 
 def checksum_hex(checksum: int) -> str:

@@ -88,4 +88,5 @@ def make_detector(
         journal_tag=journal_tag,
         log=log,
         refresh_from=refresh_from,
+        mappings=mappings,
     )

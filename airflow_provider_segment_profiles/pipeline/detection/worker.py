@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import StateError
-from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, checksum_hex
+from airflow_provider_segment_profiles.pipeline.detection.checksum import (
+    Checksummer,
+    MappingChecksums,
+    changed_among,
+    checksum_hex,
+)
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.journal import SendJournal
@@ -20,6 +25,7 @@ from airflow_provider_segment_profiles.state.snapshot import SnapshotStore, prep
 from airflow_provider_segment_profiles.state.watermark import sort_key
 
 if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.actions import CompiledMapping
     from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
@@ -38,6 +44,11 @@ class WorkerChangeDetector:
     """
     :class:`~.base.ChangeDetector` over a local SQLite snapshot.
 
+    In diff mode an updated record names the mappings whose inputs changed
+    (:attr:`~..records.Change.changed_mappings`): each mapping that sends updates has its own checksum over
+    the columns it reads, computed only for the records whose whole checksum changed (and added ones) and
+    kept in the snapshot (``mapping_checksums``).
+
     :param mode: the sync mode.
     :param location: where the sync's state lives.
     :param previous: the committed state this run compares against (``None``: every record is new).
@@ -48,6 +59,8 @@ class WorkerChangeDetector:
     :param log: the task's logger.
     :param refresh_from: on a full refresh, the committed state whose records are compared only to find
         deletions (every record read counts as added); ``None`` otherwise.
+    :param mappings: the compiled mappings; those whose trigger selects updated records get a checksum of
+        their own (none given: every updated record goes to every mapping).
     :raises StateError: the committed snapshot cannot be read.
     """
 
@@ -64,6 +77,7 @@ class WorkerChangeDetector:
         journal_tag: str | None,
         log: Any,
         refresh_from: SyncState | None = None,
+        mappings: Sequence[CompiledMapping] = (),
     ) -> None:
         self.mode = mode
         self.accounting = accounting
@@ -98,9 +112,17 @@ class WorkerChangeDetector:
                 )
             self.journal = journal if journal_tag is not None else None
         self.store = SnapshotStore(
-            workdir, prepare_previous(snapshot, workdir, SendJournal.records(uncommitted))
+            workdir, prepare_previous(snapshot, workdir, SendJournal.records(uncommitted)), per_mapping=True
         )
         self._checksummer: Checksummer | None = None
+        updated = ChangeKind.UPDATED
+        #: The mappings whose changes are told apart (those that send updates, in a mode that has them).
+        self._followed = (
+            [m for m in mappings if updated in mode.changes_selected(m.trigger)]
+            if mode.tracks_mapping_changes
+            else []
+        )
+        self._mapping_checksums: MappingChecksums | None = None
         if previous is not None and mode.uses_cursor:
             from airflow_provider_segment_profiles.state.watermark import from_xcom
 
@@ -124,20 +146,37 @@ class WorkerChangeDetector:
         return self.accounting.rows_read
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
-        """Set up the checksum over the used columns."""
+        """Set up the checksum over the used columns, and one per followed mapping over its own columns."""
         self._checksummer = Checksummer(seed, used_columns)
+        if self._followed:
+            every = range(len(columns))
+            self._mapping_checksums = MappingChecksums(
+                [
+                    (
+                        m.name,
+                        m.fingerprint,
+                        every if m.uses_all_columns else sorted(columns.index(c) for c in m.columns),
+                    )
+                    for m in self._followed
+                ]
+            )
 
     def detect(self, records: Sequence[Record]) -> list[Change]:
-        """Classify a chunk against the snapshot (see :meth:`SnapshotStore.add_and_look_up`)."""
+        """Classify a chunk against the snapshot (see :meth:`SnapshotStore.look_up`)."""
         checksummer = self._checksummer
         assert checksummer is not None, "bind() first"
         checksums = [checksummer(record.row) for record in records]
-        lookups = self.store.add_and_look_up(
+        store = self.store
+        lookups: list[Any] = store.look_up(
             [
                 (record.key, checksum, record.cursor_key)
                 for record, checksum in zip(records, checksums, strict=True)
             ]
         )
+        by_mapping = self._changed_mappings(records, lookups) if self._mapping_checksums else {}
+        firsts = store.add()
+        if firsts is not None:  # a unique identifier an earlier record of this run had
+            lookups = [lookup if first else None for first, lookup in zip(firsts, lookups, strict=True)]
         classify = self.mode.classify
         token = self.mode.change_token
         changes: list[Change] = []
@@ -152,19 +191,27 @@ class WorkerChangeDetector:
                 ]
             )
         max_key = self._max_cursor_key
-        for record, checksum, lookup in zip(records, checksums, lookups, strict=True):
+        for position, (record, checksum, lookup) in enumerate(zip(records, checksums, lookups, strict=True)):
             if lookup is None:
                 self.accounting.reject_record(
                     record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
                 )
                 continue
             row, key, cursor_value, cursor_key = record
-            held, known, version, uncertain = lookup
+            held, known, version, uncertain, _held_mappings = lookup
             retry: tuple[str, ...] = ()
             if uncertain == 2:  # messages an earlier run rejected: see SnapshotStore.pending_messages
                 retry = tuple(mapping for mapping, _kind in pending.get(key, ()))
                 uncertain = 0
             kind = _ADDED if self.refresh else classify(known, held, checksum, uncertain)
+            changed_mappings = None
+            if kind is _UPDATED and by_mapping:
+                changed_mappings = by_mapping.get(position)
+                if changed_mappings == ():
+                    if uncertain:  # Segment may hold another value: every mapping sends
+                        changed_mappings = None
+                    else:  # its checksum changed (a mapping was removed), no mapping's inputs did
+                        kind = _UNCHANGED
             if cursor_key is not None and (max_key is None or cursor_key > max_key):
                 max_key = cursor_key
                 self._max_cursor = cursor_value
@@ -178,7 +225,16 @@ class WorkerChangeDetector:
             changes.append(
                 new(
                     Change,
-                    (kind, key, row, token(checksum_hex(checksum), version), version, cursor_value, retry),
+                    (
+                        kind,
+                        key,
+                        row,
+                        token(checksum_hex(checksum), version),
+                        version,
+                        cursor_value,
+                        retry,
+                        changed_mappings,
+                    ),
                 )
             )
         self._max_cursor_key = max_key
@@ -187,6 +243,30 @@ class WorkerChangeDetector:
         counts[_ADDED] += added
         counts[_UPDATED] += len(changes) - added - retried
         return changes
+
+    def _changed_mappings(self, records: Sequence[Record], lookups: list[Any]) -> dict[int, tuple[str, ...]]:
+        """
+        Compute the mapping checksums of the looked-up records that need them (those whose checksum changed,
+        added ones, and unchanged ones an upgraded snapshot has none for), hand them to the store, and return
+        ``position in the chunk -> names of the changed mappings`` for the records whose held mapping
+        checksums are known (any other updated record goes to every mapping).
+        """
+        mapping_checksums = self._mapping_checksums
+        assert mapping_checksums is not None
+        names = mapping_checksums.names
+        changed: dict[int, tuple[str, ...]] = {}
+        rows: list[tuple[bytes, bytes | None, int]] = []
+        # 0: unchanged, with its mapping checksums (the usual case); see SnapshotStore.look_up.
+        for position in [p for p, lookup in enumerate(lookups) if lookup[4] != 0]:
+            held, _known, _version, _uncertain, held_mappings = lookups[position]
+            digests = mapping_checksums(records[position].row)
+            kept = None
+            if held is not None and held_mappings is not None:
+                changed[position], kept = changed_among(names, digests, held_mappings)
+            rows.append((b"".join(digests), kept, position + 1))
+        if rows:
+            self.store.set_mapping_checksums(rows)
+        return changed
 
     def write_ahead(self, changes: Sequence[Change]) -> None:
         """Journal ``(unique identifier, version)`` of each change (diff mode; not in dry runs)."""

@@ -524,6 +524,7 @@ class WarehouseChangeDetector:
                         version,
                         None,
                         selecting[change_kind] if pending else (),
+                        None,  # changed_mappings: every mapping (this engine does not tell them apart yet)
                     ),
                 )
             )

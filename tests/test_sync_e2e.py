@@ -143,7 +143,12 @@ def forget_earlier_runs() -> None:
     from airflow.api.common.delete_dag import delete_dag
     from airflow.exceptions import DagNotFound
 
-    for dag_id in ("segment_e2e_customers", "segment_e2e_orders", "segment_e2e_mapped"):
+    for dag_id in (
+        "segment_e2e_customers",
+        "segment_e2e_orders",
+        "segment_e2e_mapped",
+        "segment_e2e_plan_changes",
+    ):
         with contextlib.suppress(DagNotFound):
             delete_dag(dag_id)
 
@@ -410,3 +415,121 @@ def test_write_key_is_in_no_artefact_of_a_run(harness, capfd):
     for name, content in artefacts.items():
         for secret in secrets:
             assert secret not in content, f"write key found in {name}"
+
+
+def committed_snapshot(harness, dag_id: str) -> Path:
+    """The snapshot file the committed ``HEAD.json`` of ``dag_id`` names."""
+    (head_file,) = (harness.state_dir / dag_id).rglob("HEAD.json")
+    return head_file.parent / "snapshots" / json.loads(head_file.read_text())["snapshot"]
+
+
+def test_a_track_mapping_fires_only_when_its_own_column_changed(harness):
+    wh = harness.warehouse
+    create_customers(wh, range(1, 6))
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["1", "2", "3", "4", "5"]
+    assert harness.sent_by("Plan Changed") == []  # trigger 'updated': added records do not fire it
+
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id IN (1, 2)")
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert summary["records"]["updated"] == 2
+    assert harness.sent_by("identify") == ["1", "2"]
+    assert harness.sent_by("Plan Changed") == []  # only the email changed
+    assert summary["mapping_changes"] == {"identify_customer": 2, "plan_changed": 0}
+
+    wh.execute("UPDATE customers SET plan = 'pro' WHERE customer_id IN (2, 3)")
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["2", "3"]
+    assert harness.sent_by("Plan Changed") == ["2", "3"]
+    assert {m["properties"]["plan"] for m in harness.sent if m.get("event") == "Plan Changed"} == {"pro"}
+    assert summary["mapping_changes"] == {"identify_customer": 2, "plan_changed": 2}
+    first_plan_ids = {m["userId"]: m["messageId"] for m in harness.sent if m.get("event") == "Plan Changed"}
+
+    wh.execute("UPDATE customers SET name = 'Renamed' WHERE customer_id = 4")  # a column no mapping reads
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert summary["records"]["unchanged"] == 5
+    assert harness.sent == []
+
+    # Both inputs of 1; 3's plan back to its earlier value: a new change, so a new messageId.
+    wh.execute("UPDATE customers SET email = 'c1@example.org', plan = 'team' WHERE customer_id = 1")
+    wh.execute("UPDATE customers SET plan = 'free' WHERE customer_id = 3")
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["1", "3"]
+    assert harness.sent_by("Plan Changed") == ["1", "3"]
+    again = {m["userId"]: m["messageId"] for m in harness.sent if m.get("event") == "Plan Changed"}
+    assert again["3"] != first_plan_ids["3"]
+
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success" and harness.sent == []
+    ids = [m["messageId"] for m in harness.emulator.messages]
+    assert len(ids) == len(set(ids))  # no retries here: every message is a distinct change
+
+
+def test_the_warehouse_engine_still_sends_every_mapping_of_an_updated_record(harness):
+    """The warehouse engine does not tell mappings apart yet (``changed_mappings`` is ``None``): an email
+    change fires "Plan Changed" too, as every engine did before (docs/change-detection.md)."""
+    wh = harness.warehouse
+    harness.monkeypatch.setenv("SEGMENT_E2E_PLAN_ENGINE", "warehouse")
+    create_customers(wh, range(1, 4))
+    assert harness.run("segment_e2e_plan_changes")[0] == "success"
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id = 1")
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success"
+    assert harness.sent_by("identify") == ["1"]
+    assert harness.sent_by("Plan Changed") == ["1"]
+    assert summary["mapping_changes"] == {"identify_customer": 1, "plan_changed": 1}
+    state, summary = harness.run("segment_e2e_plan_changes")
+    assert state == "success" and harness.sent == []
+
+
+def strip_mapping_checksums(snapshot: Path) -> None:
+    """Rewrite a snapshot's records table in the shape it had before per-mapping checksums existed."""
+    db = sqlite3.connect(snapshot, isolation_level=None)
+    try:
+        db.executescript(
+            """
+            CREATE TABLE old (pk TEXT PRIMARY KEY, checksum INTEGER, cursor, version INTEGER) WITHOUT ROWID;
+            INSERT INTO old SELECT pk, checksum, cursor, version FROM snapshot;
+            DROP TABLE snapshot;
+            ALTER TABLE old RENAME TO snapshot;
+            """
+        )
+        assert "mapping_checksums" not in {row[1] for row in db.execute("PRAGMA table_info(snapshot)")}
+    finally:
+        db.close()
+
+
+def test_a_state_committed_before_per_mapping_changes_sends_nothing_for_unchanged_records(harness):
+    wh = harness.warehouse
+    dag_id = "segment_e2e_plan_changes"
+    create_customers(wh, range(1, 6))
+    assert harness.run(dag_id)[0] == "success"
+    wh.execute("UPDATE customers SET plan = 'pro' WHERE customer_id = 1")
+    assert harness.run(dag_id)[0] == "success"
+    strip_mapping_checksums(committed_snapshot(harness, dag_id))
+
+    # The upgraded run: the unchanged records send nothing; the one changed meanwhile goes to every mapping,
+    # as before the upgrade (the state cannot say which of its mappings' inputs changed).
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id = 3")
+    state, summary = harness.run(dag_id)
+    assert state == "success"
+    assert summary["records"] == {"added": 0, "updated": 1, "deleted": 0, "unchanged": 4, "rejected": 0}
+    assert harness.sent_by("identify") == ["3"]
+    assert harness.sent_by("Plan Changed") == ["3"]
+    db = sqlite3.connect(committed_snapshot(harness, dag_id))
+    assert db.execute("SELECT count(*) FROM snapshot WHERE mapping_checksums IS NULL").fetchone() == (0,)
+    db.close()
+
+    state, summary = harness.run(dag_id)
+    assert state == "success" and harness.sent == []
+    # From now on every record knows its mappings' checksums: an email change is the Identify's alone.
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id IN (1, 2)")
+    state, summary = harness.run(dag_id)
+    assert state == "success"
+    assert harness.sent_by("identify") == ["1", "2"]
+    assert harness.sent_by("Plan Changed") == []

@@ -80,6 +80,39 @@ with DAG(
         **COMMON,
     )
 
+#: A track that fires on its own column only: an email change re-sends the Identify, not "Plan Changed".
+PLAN_MAPPINGS = [
+    {
+        "name": "identify_customer",
+        "action": "send_identify",
+        "trigger": "added_or_updated",
+        "fields": {
+            "user_id": {"column": "customer_id"},
+            "traits": {"email": {"column": "email"}, "plan": {"column": "plan"}},
+        },
+    },
+    {
+        "name": "plan_changed",
+        "action": "send_track",
+        "trigger": "updated",
+        "fields": {
+            "user_id": {"column": "customer_id"},
+            "event_name": "Plan Changed",
+            "properties": {"plan": {"column": "plan"}},
+        },
+    },
+]
+
+with DAG("segment_e2e_plan_changes", schedule="@daily", start_date=datetime(2024, 1, 1), catchup=False):
+    SegmentProfilesSyncOperator(
+        task_id="sync_plan_changes",
+        sql="SELECT customer_id, name, email, plan, updated_at FROM customers",
+        primary_key="customer_id",
+        mappings=PLAN_MAPPINGS,
+        # The engine of this DAG alone (the other DAGs include an incremental sync, which only the worker has).
+        **{**COMMON, "change_detection": os.environ.get("SEGMENT_E2E_PLAN_ENGINE", "worker")},
+    )
+
 with DAG("segment_e2e_orders", schedule="@daily", start_date=datetime(2024, 1, 1), catchup=False):
     SegmentProfilesSyncOperator(
         task_id="sync_orders",

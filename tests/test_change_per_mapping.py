@@ -30,7 +30,10 @@ from airflow_provider_segment_profiles.pipeline.detection.checksum import (  # n
     MappingChecksums,
     changed_among,
 )
-from airflow_provider_segment_profiles.pipeline.detection.worker import WorkerChangeDetector  # noqa: E402
+from airflow_provider_segment_profiles.pipeline.detection.worker import (  # noqa: E402
+    WorkerChangeDetector,
+    _input_columns,
+)
 from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout  # noqa: E402
 from airflow_provider_segment_profiles.pipeline.modes import get_mode  # noqa: E402
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record  # noqa: E402
@@ -108,6 +111,30 @@ def test_mapping_checksums_cover_each_mappings_own_columns_and_compare_as_a_set(
     # Another fingerprint (a changed literal) is another checksum over the same values.
     edited = MappingChecksums([("a", "fa", [1]), ("b", "fb-edited", [2]), ("c", "fc", [])])
     assert changed_among(edited.names, edited(("1", "x@e", "free")), held)[0] == ("b",)
+
+
+def test_a_mapping_reads_its_named_columns_and_what_columns_star_leaves_after_exclude():
+    (star, named) = compile_mappings(
+        [
+            {
+                "name": "star",
+                "action": "send_identify",
+                "fields": {
+                    "user_id": {"column": "id"},
+                    "traits": {"columns": "*", "exclude": ["id", "name"]},
+                },
+            },
+            {
+                "name": "named",
+                "action": "send_track",
+                "fields": {"user_id": {"column": "id"}, "event_name": "E"},
+            },
+        ],
+        sync_mode="diff",
+        primary_key="id",
+    )
+    assert _input_columns(star, COLUMNS) == [0, 1, 2]  # id by name; email and plan through "*"; not name
+    assert _input_columns(named, COLUMNS) == [0]  # the event name is a literal: part of the fingerprint
 
 
 # -- the worker engine across committed runs ---------------------------------------------------------------

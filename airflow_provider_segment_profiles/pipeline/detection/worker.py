@@ -40,6 +40,15 @@ def deleted_token(held_checksum: int | None, version: int) -> str:
     return f"{held}.{version}"
 
 
+def _input_columns(mapping: CompiledMapping, columns: Sequence[str]) -> list[int]:
+    """Positions of the result columns ``mapping`` reads: by name, and each ``columns: "*"`` but its
+    ``exclude`` (a change in an excluded column is no change for the mapping)."""
+    read = {columns.index(column) for column in mapping.columns}
+    for _path, excluded in mapping.star_fields():
+        read.update(position for position, column in enumerate(columns) if column not in excluded)
+    return sorted(read)
+
+
 class WorkerChangeDetector:
     """
     :class:`~.base.ChangeDetector` over a local SQLite snapshot.
@@ -149,16 +158,8 @@ class WorkerChangeDetector:
         """Set up the checksum over the used columns, and one per followed mapping over its own columns."""
         self._checksummer = Checksummer(seed, used_columns)
         if self._followed:
-            every = range(len(columns))
             self._mapping_checksums = MappingChecksums(
-                [
-                    (
-                        m.name,
-                        m.fingerprint,
-                        every if m.uses_all_columns else sorted(columns.index(c) for c in m.columns),
-                    )
-                    for m in self._followed
-                ]
+                [(m.name, m.fingerprint, _input_columns(m, columns)) for m in self._followed]
             )
 
     def detect(self, records: Sequence[Record]) -> list[Change]:

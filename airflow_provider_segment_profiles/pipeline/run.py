@@ -249,6 +249,7 @@ class SyncRun:
             cursor_start=sort_key(watermark_start) if watermark_start is not None else None,
             connection=detector.source_connection(),
         )
+        source.reader.model_sql = statement
         try:
             columns = source.open()
             fanout = self._bind(source, detector, columns, accounting)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import StateError
+from airflow_provider_segment_profiles.pipeline.detection import carry_over
 from airflow_provider_segment_profiles.pipeline.detection.checksum import Checksummer, checksum_hex
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
@@ -48,6 +49,9 @@ class WorkerChangeDetector:
     :param log: the task's logger.
     :param refresh_from: on a full refresh, the committed state whose records are compared only to find
         deletions (every record read counts as added); ``None`` otherwise.
+    :param carried: on a full refresh from the warehouse engine's state, its live ``(unique identifier,
+        version)`` pairs (:mod:`.carry_over`): taken as unconfirmed adds, so those the model no longer has are
+        deleted.
     :raises StateError: the committed snapshot cannot be read.
     """
 
@@ -64,13 +68,14 @@ class WorkerChangeDetector:
         journal_tag: str | None,
         log: Any,
         refresh_from: SyncState | None = None,
+        carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
         self.accounting = accounting
         self.primary_key = primary_key
         self._max_cursor: Any = None
         self._max_cursor_key: Any = None
-        self.refresh = refresh_from is not None
+        self.refresh = refresh_from is not None or carried is not None
         snapshot = location.download_snapshot(previous, workdir) if previous is not None else None
         if refresh_from is not None:
             # A full refresh sends every record as added, but records the old state holds and the model no
@@ -79,11 +84,10 @@ class WorkerChangeDetector:
             try:
                 snapshot = location.download_snapshot(refresh_from, workdir)
             except StateError as err:
-                log.warning(
-                    "full_refresh: the old state cannot be read (%s); records deleted from the model since "
-                    "it was committed cannot be found and are not deleted in Segment",
-                    err,
-                )
+                place = carry_over.old_state_place(refresh_from, location)
+                carry_over.warn_unreadable(log, refresh_from, place, str(err).splitlines()[0])
+        if carried is not None:
+            snapshot = prepare_previous(None, workdir, carried)
         self.journal: SendJournal | None = None
         self._journal_files: list[Any] = []
         uncommitted: list[Any] = []

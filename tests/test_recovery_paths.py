@@ -185,3 +185,25 @@ def test_a_switch_whose_old_state_is_gone_says_what_is_lost(harness: DagHarness,
     assert switched.state == "success"
     assert _deletes(switched.sent) == []
     assert "they are NOT deleted in Segment. To avoid it, restore the old state" in _log(capfd)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_changed_key_type_says_why_every_record_is_sent_again(harness: DagHarness, engine: str, capfd):
+    """``id`` from integer to text: the checksums cover values with their types, so every record is sent
+    again as updated (no delete: the identifiers render the same); the log says why, in both engines."""
+    h = harness
+    h.operator["change_detection"] = engine
+    assert h.run().state == "success"
+    view = h.warehouse.t("v_customers")
+    capfd.readouterr()
+    changed = h.run(sql=f"SELECT CAST(id AS TEXT) AS id, name, email, plan FROM {view}")
+    assert changed.state == "success"
+    assert changed.summary["records"]["updated"] == 200
+    assert changed.summary["records"]["deleted"] == 0
+    log = _log(capfd)
+    assert "The result type of id (" in log
+    assert "every record counts as updated and is sent again under new message ids" in log
+    assert "no record counts as deleted" in log
+    capfd.readouterr()
+    assert h.run(sql=f"SELECT CAST(id AS TEXT) AS id, name, email, plan FROM {view}").sent == []
+    assert "The result type of" not in _log(capfd)

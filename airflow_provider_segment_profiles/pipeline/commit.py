@@ -31,6 +31,7 @@ def commit_state(
     destinations: dict[str, str],
     run_id: str,
     try_number: int,
+    column_types: dict[str, str] | None = None,
 ) -> SyncState:
     """
     Write the detector's snapshot and move ``HEAD.json`` to the new state.
@@ -39,6 +40,8 @@ def commit_state(
     :param watermark: the incremental watermark value to commit, or ``None``.
     :param messages: the run's message totals, kept in the state for the audit trail.
     :param destinations: Profile Space conn id -> destination id the messages went to.
+    :param column_types: the result's column types this run read (``None``: it read no row; the committed
+        ones are kept), see :mod:`.column_types`.
     :return: the committed state (its ``generation`` filled in).
     :raises StateError: another run committed since this one read ``HEAD.json``.
     """
@@ -58,6 +61,9 @@ def commit_state(
             "messages": messages,
             "destinations": destinations,
             "change_detection": config.change_detection,
+            "column_types": column_types
+            if column_types is not None
+            else (head.extra.get("column_types") if head is not None else None),
         },
     )
     state = location.commit(head, new, snapshot_file)

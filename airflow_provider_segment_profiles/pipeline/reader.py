@@ -154,6 +154,8 @@ class ModelReader:
                 "The model's SQL returned no result set (is it DML or a command?); it must be a SELECT."
             )
         self.columns = [str(d[0]) for d in self._cursor.description]
+        #: The result's DB-API description (its type codes are kept in state, see ``column_types``).
+        self.description = [tuple(d) for d in self._cursor.description]
         seen: set[str] = set()
         duplicates = sorted({c for c in self.columns if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
         if duplicates:

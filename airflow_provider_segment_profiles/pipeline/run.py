@@ -23,6 +23,7 @@ from airflow_provider_segment_profiles.actions import CompiledMapping
 from airflow_provider_segment_profiles.delivery.dispatcher import Dispatcher
 from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
 from airflow_provider_segment_profiles.exceptions import ModelQueryError, SyncCancelled
+from airflow_provider_segment_profiles.pipeline import column_types
 from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
 from airflow_provider_segment_profiles.pipeline.commit import commit_state
 from airflow_provider_segment_profiles.pipeline.detection.factory import make_detector
@@ -136,6 +137,9 @@ class SyncRun:
         self.sync_log = sync_log
         self._cancelled = threading.Event()
         self._source: RecordSource | None = None
+        self._used_names: list[str] = []
+        #: The result types of this run (``None`` until a chunk was read), for the state.
+        self.column_types: dict[str, str] | None = None
         #: Set when the delete guard held this run's deletes.
         self.deletes_held: DeletesHeld | None = None
 
@@ -191,6 +195,7 @@ class SyncRun:
                     destinations=self.destinations,
                     run_id=self.run_id,
                     try_number=self.try_number,
+                    column_types=self.column_types,
                 )
                 summary["state_generation"] = state.generation
             summary["report_path"] = upload(
@@ -268,6 +273,8 @@ class SyncRun:
             try:
                 for records in source.chunks():
                     self.raise_if_cancelled()
+                    if self.column_types is None:
+                        self._check_column_types(source, records, previous)
                     changes = detector.detect(records)
                     if not upserts_all_sent:
                         changes = [c for c in changes if c.kind in sent_kinds or c.pending]
@@ -295,6 +302,21 @@ class SyncRun:
             source.close()
             self._source = None
         return detector.watermark(settle.failed_cursor_values)
+
+    def _check_column_types(
+        self, source: RecordSource, records: Sequence[Any], previous: SyncState | None
+    ) -> None:
+        """Keep the result's types and say so when a checksummed column's type changed (both engines)."""
+        first_row = records[0].row if records else None
+        self.column_types = column_types.result_types(source.reader.description, first_row)
+        if previous is not None:
+            changes = column_types.changed_types(
+                previous.extra.get(column_types.STATE_KEY),
+                self.column_types,
+                self._used_names,
+                self.config.primary_key,
+            )
+            column_types.log_changed_types(self.log, changes, self.config.primary_key)
 
     def _refresh_from(self) -> SyncState | None:
         """
@@ -349,6 +371,7 @@ class SyncRun:
             else {columns.index(c) for m in self.mappings for c in m.columns}
         )
         detector.bind(columns, used, "|".join(m.fingerprint for m in self.mappings))
+        self._used_names = [columns[i] for i in used]
         return MessageFanout(self.mappings, builders, self.space_conn_ids, self.config.mode, accounting)
 
     def raise_if_cancelled(self) -> None:

@@ -82,3 +82,37 @@ def test_a_mapping_that_rejects_everything_fails_the_same_way(pg: DagHarness, ca
     assert run.state == "failed" and run.try_number == 1
     assert run.summary["messages"]["rejected"] == 200
     assert "200 of 200 messages were rejected" in _log(capfd)
+
+
+def test_rows_that_arrive_behind_the_watermark_are_counted_and_said(rel_harness: DagHarness, capfd):
+    """An event added with an older cursor value than the saved watermark is not read by incremental mode:
+    the run counts it (summary ``behind_watermark``) and says so in the log, instead of skipping it
+    silently."""
+    h = rel_harness
+    wh = h.warehouse
+    wh.execute("CREATE TABLE events (id INTEGER, ts TEXT)")
+    wh.execute(
+        "INSERT INTO events VALUES (%s, %s)", [(i, f"2024-01-{i:02d}T00:00:00Z") for i in range(1, 11)]
+    )
+    track = {"name": "ev", "action": "send_track", "fields": {"user_id": {"column": "id"}, "event_name": "E"}}
+    h.operator.update(
+        sql="SELECT id, ts FROM events", mappings=[track], sync_mode="incremental", cursor_column="ts"
+    )
+    first = h.run()
+    assert first.state == "success" and len(first.sent) == 10
+    assert first.summary["behind_watermark"] is None  # nothing to compare with yet
+    wh.execute(
+        "INSERT INTO events VALUES (%s, %s)", [(11, "2024-01-05T12:00:00Z"), (12, "2024-01-11T00:00:00Z")]
+    )
+    capfd.readouterr()
+    second = h.run()
+    assert second.state == "success"
+    assert [m["userId"] for m in second.sent] == ["12"]
+    assert second.summary["behind_watermark"] == 1
+    log = capfd.readouterr().out
+    assert (
+        "1 rows arrived behind the incremental watermark since the last run (ts < '2024-01-10T00:00:00Z')"
+        in log
+    )
+    third = h.run()
+    assert third.sent == [] and third.summary["behind_watermark"] == 0

@@ -55,9 +55,12 @@ def with_watermark_filter(
     watermark: Any,
     parameters: Sequence[Any] | Mapping[str, Any] | None,
     hook,
+    comparison: str = ">=",
+    select: str = "*",
 ) -> tuple[str, Sequence[Any] | Mapping[str, Any]]:
     """
-    Wrap the model so only rows whose ``cursor_column`` is at or past ``watermark`` are read.
+    Wrap the model so only rows whose ``cursor_column`` is at or past ``watermark`` are read (``comparison``
+    and ``select`` make other queries of the same shape, e.g. the count of rows behind it).
 
     The watermark is bound with the hook's placeholder (``?`` for SQLite and DuckDB, ``%s`` for
     PostgreSQL); named parameters get a named placeholder. Rows equal to the watermark are read again on
@@ -73,7 +76,9 @@ def with_watermark_filter(
         bound = [*(parameters or ()), watermark]
         marker = placeholder
     # The newlines keep a trailing "-- comment" in the model from swallowing the wrapper.
-    sql = f"SELECT * FROM (\n{statement}\n) segment_profiles_model WHERE {column} >= {marker}"
+    sql = (
+        f"SELECT {select} FROM (\n{statement}\n) segment_profiles_model WHERE {column} {comparison} {marker}"
+    )
     return sql, bound
 
 

@@ -238,6 +238,10 @@ class WorkerChangeDetector:
             return min(failed_cursor_values, key=sort_key)
         return self._max_cursor
 
+    def rows_read_before(self, watermark: Any) -> int:
+        """Records this run read whose cursor value is below ``watermark`` (incremental mode)."""
+        return 0 if watermark is None else self.store.count_before(sort_key(watermark))
+
     def snapshot_to_commit(self, workdir: Path, watermark: Any) -> tuple[Path | None, int]:
         """Write the mode's snapshot for the next run to ``workdir/next.sqlite``."""
         destination = workdir / "next.sqlite"

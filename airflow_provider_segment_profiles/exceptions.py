@@ -49,6 +49,11 @@ class ModelQueryError(PermanentSyncError, ValueError):
     """The model's SQL cannot be used: not one query, no result set, or a column problem."""
 
 
+class ModelReadError(TransientSyncError, RuntimeError):
+    """Running or reading the model failed in a way a later try may not meet (a lost connection, a
+    serialization failure, an administrator shutdown: :mod:`~.pipeline.db_errors`)."""
+
+
 class WatermarkError(PermanentSyncError, ValueError):
     """A cursor value that cannot serve as a watermark (NULL, or a type with no order)."""
 

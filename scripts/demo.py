@@ -189,6 +189,11 @@ def print_summary(
             f"{summary.get('rows_fetched', summary['rows_read']):>9,}{records['added']:>8,}"
             f"{records['updated']:>9,}{records['deleted']:>9,}{records['unchanged']:>11,}"
         )
+        if summary.get("sync_mode") == "incremental" and records["unchanged"]:
+            print(
+                f"  {'':<22}(incremental: the {records['unchanged']:,} unchanged rows sit at the saved "
+                "watermark; they are read again on purpose, so none sharing it is lost, and skipped by key)"
+            )
     print(f"  {'mapping':<42}{'delivered':>11}{'rejected':>10}{'failed':>8}")
     delivered = 0
     for task_id in TASK_ORDER:

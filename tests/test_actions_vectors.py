@@ -405,9 +405,10 @@ def test_subscription_vectors(inputs, expected):
     assert without_message_id(built.message) == expected
 
 
-def test_s8_difference_invalid_group_status_rejected():
-    """Segment sends ``{"name": "bad", "status": "INVALID"}`` for a null group status; we reject."""
-    error = rejection(
+def test_s8_difference_null_group_status_is_no_change():
+    """Segment sends ``{"name": "bad", "status": "INVALID"}`` for a null group status; a NULL group is no
+    change here, like a NULL status, and is left out (issue 19: this test used to pin a rejection)."""
+    built = run_vector(
         "send_subscriptions",
         {
             "user_id": "u1",
@@ -416,8 +417,28 @@ def test_s8_difference_invalid_group_status_rejected():
             "subscription_groups": {"weekly": "did-not-subscribe", "bad": None},
         },
     )
-    assert error.field == "subscription_groups.bad"
-    assert "Invalid Subscription Status None for subscription group 'bad'" in error.reason
+    (entry,) = built.message["context"]["messaging_subscriptions"]
+    assert entry["groups"] == [{"name": "weekly", "status": "DID_NOT_SUBSCRIBE"}]
+
+
+def test_only_null_groups_are_no_groups():
+    """No SV4 for groups that are all NULL, and nothing to send when the statuses are NULL too."""
+    from airflow_provider_segment_profiles.actions.errors import MessageSkipped
+
+    built = run_vector(
+        "send_subscriptions",
+        {
+            "user_id": "u1",
+            "phone": "+1",
+            "sms_subscription_status": "true",
+            "subscription_groups": {"n": None},
+        },
+    )
+    assert [e["type"] for e in built.message["context"]["messaging_subscriptions"]] == ["SMS"]
+    with pytest.raises(MessageSkipped, match="nothing to send"):
+        run_vector(
+            "send_subscriptions", {"user_id": "u1", "email": "a@x.com", "subscription_groups": {"n": None}}
+        )
 
 
 def test_s8_groups_from_columns_with_skip_null():
@@ -498,7 +519,7 @@ ALL_STATUSES_X = {
                 "email": "a@x.com",
                 "phone": "+1",
                 "ios_push_token": "it",
-                "subscription_groups": {"news": None},
+                "subscription_groups": {"news": "true"},  # a NULL group is no change here (issue 19)
             },
             SV2,
             id="SE2-SV2",

@@ -261,6 +261,7 @@ def test_switching_engines_needs_a_full_refresh(wh_harness: DagHarness):
 def test_null_and_repeated_identifiers_are_rejected_per_record(rel_harness: DagHarness):
     h, wh = rel_harness, rel_harness.warehouse
     h.operator["change_detection"] = "warehouse"
+    h.operator["max_rejected_fraction"] = 0.5  # 2 of 7 rejected records: over the default 10% (issue 19)
     create_customers(wh, range(1, 6))
     wh.execute("INSERT INTO customers VALUES (NULL, 'Nobody', 'n@example.com', 'free')")
     wh.execute("INSERT INTO customers VALUES (2, 'Again', 'again@example.com', 'free')")
@@ -686,6 +687,7 @@ def test_snowflake_through_fakesnow(rel_emulator, tmp_path: Path, monkeypatch, a
                 "change_detection": "warehouse",
                 "state_schema": "sp_state",
                 "max_events_per_second": None,
+                "max_rejected_fraction": 0.5,  # 2 of 12 rejected records: over the default (issue 19)
             },
             tmp_path / "state",
         )

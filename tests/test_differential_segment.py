@@ -1008,8 +1008,32 @@ def rejection_kind(case: Case, rejection: RecordRejected, theirs: dict[str, Any]
     return "unclassified"
 
 
+def null_group_names(case: Case) -> set[str]:
+    """The subscription groups given as NULL (the provider leaves them out, Segment sends ``"INVALID"``)."""
+    groups = case.inputs.get("subscription_groups")
+    return {name for name, value in groups.items() if value is None} if isinstance(groups, dict) else set()
+
+
+def without_null_groups(case: Case, message: dict[str, Any]) -> dict[str, Any]:
+    """Segment's message without the groups given as NULL (which the provider leaves out)."""
+    nulls = null_group_names(case)
+    entries = (message.get("context") or {}).get("messaging_subscriptions")
+    if not nulls or not isinstance(entries, list):
+        return message
+    message = json.loads(json.dumps(message))
+    for entry in message["context"]["messaging_subscriptions"]:
+        if entry.get("type") == "EMAIL" and "groups" in entry:
+            entry["groups"] = [group for group in entry["groups"] if group.get("name") not in nulls]
+            if not entry["groups"]:
+                del entry["groups"]
+    return message
+
+
 def segment_rejection_kind(case: Case, result: dict[str, Any], ours: dict[str, Any]) -> str:
     """Why Segment rejects a record that the provider sends."""
+    groups = case.inputs.get("subscription_groups")
+    if result.get("error") == SV4 and isinstance(groups, dict) and set(groups) == null_group_names(case):
+        return "null-group"  # only NULL groups: no groups to the provider
     given = case.inputs.get("timestamp", ABSENT)
     if "/timestamp" in (result.get("pointers") or []) and isinstance(given, str):
         sent = provider_microseconds(ours.get("timestamp"))
@@ -1127,6 +1151,9 @@ def compare(case: Case, ours: ProviderResult, theirs: dict[str, Any]) -> Verdict
         return Verdict("differs", [segment_rejection_kind(case, theirs, ours.message)])
     mine, segments = normalise(ours.message), normalise(theirs["batch"][0])
     kinds = []
+    if (left_out := without_null_groups(case, segments)) != segments:
+        segments = left_out
+        kinds.append("null-group")
     given_id = case.inputs.get("message_id", ABSENT)
     if given_id in (None, "", ABSENT) or is_empty_one_item_list(given_id):
         assert re.fullmatch(r"rs-[0-9a-f]{32}", mine.pop("messageId", "")), "a derived messageId"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 pytest.register_assert_rewrite("reliability_support")
-from reliability_support import DagHarness, create_customers  # noqa: E402
+from reliability_support import IDENTIFY_MAPPING, DagHarness, create_customers  # noqa: E402
 
 from airflow_provider_segment_profiles.actions import compile_mappings  # noqa: E402
 
@@ -101,3 +101,40 @@ def test_an_operator_run_names_the_column_meant(rel_harness: DagHarness, capfd):
         "(names are case-sensitive)" in output
     )
     assert "column 'nps' is not in the query result (result columns:" in output
+
+
+@pytest.mark.airflow_db
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_primary_key_and_cursor_column_name_the_column_meant(rel_harness: DagHarness, capfd, engine):
+    h = rel_harness
+    create_customers(h.warehouse, [1, 2])
+    h.retries = 2
+    run = h.run(primary_key="Id", change_detection=engine, mappings=[IDENTIFY_MAPPING])
+    output = capfd.readouterr().out
+    assert run.state == "failed" and run.try_number == 1 and run.sent == []
+    assert "primary_key 'Id' is not a column of the model's result; did you mean 'id'? (names are" in output
+    if engine == "worker":  # incremental mode runs on the worker engine only
+        run = h.run(mappings=[IDENTIFY_MAPPING], sync_mode="incremental", cursor_column="plann")
+        output = capfd.readouterr().out
+        assert run.state == "failed" and run.try_number == 1
+        assert "cursor_column 'plann' is not a column of the model's result; did you mean 'plan'?" in output
+
+
+@pytest.mark.airflow_db
+def test_the_warehouse_engine_checks_columns_before_diffing_the_model(rel_harness: DagHarness, capfd):
+    """A misspelt mapped column fails from the model's description: nothing is materialised or diffed (the
+    engine logs its diff's counts only once it has diffed)."""
+    h = rel_harness
+    create_customers(h.warehouse, range(1, 51))
+    mapping = {
+        "name": "who",
+        "action": "send_identify",
+        "fields": {"user_id": {"column": "id"}, "traits": {"email": {"column": "emial"}}},
+    }
+    capfd.readouterr()
+    run = h.run(mappings=[mapping], change_detection="warehouse")
+    output = capfd.readouterr().out
+    assert run.state == "failed" and run.sent == []
+    assert "column 'emial' is not in the query result; did you mean 'email'?" in output
+    assert "Warehouse change detection (state" not in output
+    assert run.summary is None

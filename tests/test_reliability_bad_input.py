@@ -559,7 +559,11 @@ def test_cursor_values_of_mixed_types_are_rejected_per_record(rel_harness: DagHa
         "fields": {"user_id": {"column": "id"}, "event_name": "E"},
     }
     h.operator.update(
-        sql="SELECT id, ts FROM events", mappings=[mapping], sync_mode="incremental", cursor_column="ts"
+        sql="SELECT id, ts FROM events",
+        mappings=[mapping],
+        sync_mode="incremental",
+        cursor_column="ts",
+        max_rejected_fraction=0.5,  # 2 of 4 rejected records: over the default 10% (issue 19)
     )
     FIGURES.input("bad value")
     run = h.run()

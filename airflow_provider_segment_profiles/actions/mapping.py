@@ -269,6 +269,11 @@ def _column_hint(column: str, by_lower: Mapping[str, str]) -> str:
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
+def column_hint(column: str, result_columns: Sequence[str]) -> str:
+    """:func:`_column_hint` over a result's column names (for ``primary_key`` and ``cursor_column``)."""
+    return _column_hint(column, {name.lower(): name for name in result_columns})
+
+
 def _preview(columns: Sequence[str], limit: int = 20) -> str:
     shown = ", ".join(repr(column) for column in columns[:limit])
     return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")

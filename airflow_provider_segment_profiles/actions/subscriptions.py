@@ -8,6 +8,8 @@ Reproduces segmentio/action-destinations ``segment-profiles/sendSubscription/ind
   which Engage cannot apply), after Segment's own rules SV1-SV8 have run in their order;
 * a list in a status field rejects the record (Segment's validator takes some one-item lists and
   refuses others; see ``record_builder``);
+* a subscription group whose value is NULL is no change, like a NULL status: it is left out (Segment
+  sends it as ``"INVALID"``), so groups that are all NULL are no groups (Segment answers SV2 or SV4);
 * a record needs ``user_id`` or ``anonymous_id``, checked last (the tracking API drops calls with
   neither; Segment's destination does not check).
 
@@ -151,6 +153,8 @@ def subscription_context(values: Mapping[str, Any]) -> tuple[list[dict[str, Any]
     whatsapp_status = get("whatsapp_subscription_status")
     android_status, ios_status = get("android_push_subscription_status"), get("ios_push_subscription_status")
     groups = get("subscription_groups")
+    if isinstance(groups, Mapping):  # a NULL group is no change (docs/mappings.md): left out
+        groups = {name: status for name, status in groups.items() if status is not None}
     if not (email or phone or android_token or ios_token):
         raise FieldRejected(", ".join(KEY_FIELDS), SV1)
     if not (email_status or sms_status or whatsapp_status or android_status or ios_status):
@@ -238,8 +242,8 @@ def _email_groups(groups: Mapping[str, Any]) -> list[dict[str, str]]:
             raise FieldRejected(
                 join_path("subscription_groups", str(name)),
                 f"Invalid Subscription Status {group_status!r} for subscription group {name!r}: expected "
-                f"{ACCEPTED_STATUS_TEXT}, or empty for no change (a null column can be left out with "
-                f'"skip_null": true; Segment would send it as "INVALID")',
+                f"{ACCEPTED_STATUS_TEXT}, or NULL or empty for no change (Segment would send it as "
+                '"INVALID")',
             )
         entries.append({"name": name} if status is None else {"name": name, "status": status})
     return entries

@@ -22,6 +22,7 @@ from airflow_provider_segment_profiles.operators.lineage import lineage_facts, o
 from airflow_provider_segment_profiles.operators.summary import (
     delete_guard_breach,
     format_summary,
+    record_rejection_breach,
     threshold_breach,
 )
 from airflow_provider_segment_profiles.pipeline.config import (
@@ -91,7 +92,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
     :param max_events_per_second: token-bucket limit over all requests, retries included, in events per
         second; ``None`` disables it. Default 800, under Segment's 1,000 events/s Engage inbound limit.
     :param max_rejected_fraction: fail the task (no retry) when more than this fraction of selected messages
-        is rejected for bad data; state is committed first. Default 0.1.
+        is rejected for bad data, or more than this fraction of the rows read is rejected as a whole (NULL or
+        repeated unique identifier); state is committed first. Default 0.1.
     :param max_failed_fraction: fail the task (retryable) when more than this fraction of selected messages
         could not be delivered; state is committed first, so a retry sends only those. Default 0.0.
     :param max_deleted_fraction: the mass-delete guard (diff mode): when a run would delete more than this
@@ -326,6 +328,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             None
             if config.dry_run
             else threshold_breach(summary, self.max_rejected_fraction, self.max_failed_fraction)
+            or record_rejection_breach(summary, self.max_rejected_fraction)
         )
         if breach is not None:
             # A run that fails its thresholds still committed what was delivered; keep its summary visible.

@@ -134,3 +134,22 @@ def threshold_breach(
             f"Fix the data or mappings. Report: {summary['report_path']}"
         )
     return None
+
+
+def record_rejection_breach(summary: dict[str, Any], max_rejected_fraction: float) -> Exception | None:
+    """
+    The ``AirflowFailException`` of a run that rejected more than ``max_rejected_fraction`` of the rows it
+    read as whole records (a NULL or repeated unique identifier, an unusable cursor value), else ``None``.
+    No mapping selected those records, so :func:`threshold_breach` never sees them: without this a model
+    whose keys are all NULL (a broken join) would deliver nothing and succeed.
+    """
+    rows, rejected = summary["rows_read"], summary["records"]["rejected"]
+    if not rows or rejected / rows <= max_rejected_fraction:
+        return None
+    first = next((s["reason"] for s in summary.get("rejected_samples") or () if s.get("mapping") is None), "")
+    return AirflowFailException(
+        f"{rejected:,} of the {rows:,} records read were rejected as a whole ({rejected / rows:.1%} > "
+        f"max_rejected_fraction {max_rejected_fraction:.1%}), e.g. {first}. Is the model's unique identifier "
+        "NULL or repeated because of a broken join? Nothing was sent for those records; delivered ones are "
+        f"committed. Fix the model. Report: {summary['report_path']}"
+    )

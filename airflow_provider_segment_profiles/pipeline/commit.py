@@ -31,6 +31,8 @@ def commit_state(
     destinations: dict[str, str],
     run_id: str,
     try_number: int,
+    column_types: dict[str, str] | None = None,
+    rows_behind_watermark: int | None = None,
 ) -> SyncState:
     """
     Write the detector's snapshot and move ``HEAD.json`` to the new state.
@@ -39,6 +41,10 @@ def commit_state(
     :param watermark: the incremental watermark value to commit, or ``None``.
     :param messages: the run's message totals, kept in the state for the audit trail.
     :param destinations: Profile Space conn id -> destination id the messages went to.
+    :param column_types: the result's column types this run read (``None``: it read no row; the committed
+        ones are kept), see :mod:`.column_types`.
+    :param rows_behind_watermark: incremental mode: the model's rows behind the new watermark
+        (:mod:`.late_rows`).
     :return: the committed state (its ``generation`` filled in).
     :raises StateError: another run committed since this one read ``HEAD.json``.
     """
@@ -58,6 +64,10 @@ def commit_state(
             "messages": messages,
             "destinations": destinations,
             "change_detection": config.change_detection,
+            "column_types": column_types
+            if column_types is not None
+            else (head.extra.get("column_types") if head is not None else None),
+            "rows_behind_watermark": rows_behind_watermark,
         },
     )
     state = location.commit(head, new, snapshot_file)

@@ -6,11 +6,12 @@ import contextlib
 import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlparse
 
 from airflow_provider_segment_profiles.exceptions import ModelQueryError
+from airflow_provider_segment_profiles.pipeline import db_errors
 from airflow_provider_segment_profiles.pipeline.driver_values import install_safe_loaders
 
 if TYPE_CHECKING:
@@ -54,9 +55,12 @@ def with_watermark_filter(
     watermark: Any,
     parameters: Sequence[Any] | Mapping[str, Any] | None,
     hook,
+    comparison: str = ">=",
+    select: str = "*",
 ) -> tuple[str, Sequence[Any] | Mapping[str, Any]]:
     """
-    Wrap the model so only rows whose ``cursor_column`` is at or past ``watermark`` are read.
+    Wrap the model so only rows whose ``cursor_column`` is at or past ``watermark`` are read (``comparison``
+    and ``select`` make other queries of the same shape, e.g. the count of rows behind it).
 
     The watermark is bound with the hook's placeholder (``?`` for SQLite and DuckDB, ``%s`` for
     PostgreSQL); named parameters get a named placeholder. Rows equal to the watermark are read again on
@@ -72,7 +76,9 @@ def with_watermark_filter(
         bound = [*(parameters or ()), watermark]
         marker = placeholder
     # The newlines keep a trailing "-- comment" in the model from swallowing the wrapper.
-    sql = f"SELECT * FROM (\n{statement}\n) segment_profiles_model WHERE {column} >= {marker}"
+    sql = (
+        f"SELECT {select} FROM (\n{statement}\n) segment_profiles_model WHERE {column} {comparison} {marker}"
+    )
     return sql, bound
 
 
@@ -110,6 +116,8 @@ class ModelReader:
         self.hook = hook
         self._shared = connection
         self.sql = sql
+        #: The model's own SQL, for error messages (``sql`` may wrap it); set by the caller.
+        self.model_sql: str | None = None
         self.parameters = parameters
         self.fetch_size = fetch_size
         self.columns: list[str] = []
@@ -145,14 +153,14 @@ class ModelReader:
             if self._cursor.description is None and module.startswith("psycopg2"):
                 self._first = self._cursor.fetchmany(self.fetch_size)
         except Exception as err:
-            if _is_programming_error(err):
-                raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
-            raise
+            self._raise_model_error(err)
         if self._cursor.description is None:
             raise ModelQueryError(
                 "The model's SQL returned no result set (is it DML or a command?); it must be a SELECT."
             )
         self.columns = [str(d[0]) for d in self._cursor.description]
+        #: The result's DB-API description (its type codes are kept in state, see ``column_types``).
+        self.description = [tuple(d) for d in self._cursor.description]
         seen: set[str] = set()
         duplicates = sorted({c for c in self.columns if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
         if duplicates:
@@ -174,10 +182,22 @@ class ModelReader:
             cursor = self._cursor
             if cursor is None:
                 raise ModelReaderClosed("The model's cursor was closed (the task is being killed)")
-            rows = cursor.fetchmany(self.fetch_size)
+            try:
+                rows = cursor.fetchmany(self.fetch_size)
+            except Exception as err:
+                if self._cursor is None:  # closed meanwhile (on_kill): whatever the driver says
+                    raise ModelReaderClosed(
+                        "The model's cursor was closed (the task is being killed)"
+                    ) from err
+                self._raise_model_error(err)
             if not rows:
                 return
             yield rows
+
+    def _raise_model_error(self, err: Exception) -> NoReturn:
+        """Raise the provider's error for a driver error (:func:`~.db_errors.model_error`), else ``err``."""
+        label = db_errors.model_label(self.model_sql or self.sql, db_errors.conn_id_of(self.hook))
+        db_errors.raise_model_error(err, label)
 
     def close(self) -> None:
         """Close the cursor and the connection; safe to call twice and from ``on_kill``."""
@@ -194,12 +214,6 @@ class ModelReader:
 
 class ModelReaderClosed(RuntimeError):
     """Rows were asked for after :meth:`ModelReader.close`."""
-
-
-def _is_programming_error(err: BaseException) -> bool:
-    # DB-API: ProgrammingError (syntax, unknown table) and NotSupportedError (e.g. PostgreSQL refusing a
-    # data-modifying CTE in a cursor) will not go away on retry.
-    return any(cls.__name__ in {"ProgrammingError", "NotSupportedError"} for cls in type(err).__mro__)
 
 
 def _decode_sqlite_text(raw: bytes) -> str:

@@ -23,6 +23,7 @@ from airflow_provider_segment_profiles.actions import CompiledMapping
 from airflow_provider_segment_profiles.delivery.dispatcher import Dispatcher
 from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
 from airflow_provider_segment_profiles.exceptions import ModelQueryError, SyncCancelled
+from airflow_provider_segment_profiles.pipeline import column_types, late_rows
 from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
 from airflow_provider_segment_profiles.pipeline.commit import commit_state
 from airflow_provider_segment_profiles.pipeline.detection.factory import make_detector
@@ -136,6 +137,12 @@ class SyncRun:
         self.sync_log = sync_log
         self._cancelled = threading.Event()
         self._source: RecordSource | None = None
+        self._used_names: list[str] = []
+        #: The result types of this run (``None`` until a chunk was read), for the state.
+        self.column_types: dict[str, str] | None = None
+        #: Incremental mode: rows behind the new watermark, committed for the next run (see late_rows).
+        self.rows_behind: int | None = None
+        self.arrived_behind: int | None = None
         #: Set when the delete guard held this run's deletes.
         self.deletes_held: DeletesHeld | None = None
 
@@ -177,6 +184,8 @@ class SyncRun:
             accounting.reconcile()
             summary = accounting.summary()
             summary["rows_fetched"] = detector.rows_fetched
+            if mode.uses_cursor:
+                summary["behind_watermark"] = self.arrived_behind
             state = None
             if not config.dry_run:
                 state = commit_state(
@@ -191,6 +200,8 @@ class SyncRun:
                     destinations=self.destinations,
                     run_id=self.run_id,
                     try_number=self.try_number,
+                    column_types=self.column_types,
+                    rows_behind_watermark=self.rows_behind,
                 )
                 summary["state_generation"] = state.generation
             summary["report_path"] = upload(
@@ -238,6 +249,14 @@ class SyncRun:
         )
         sql, parameters = detector.query(sql, parameters)
         watermark_start = from_xcom(previous.watermark) if previous is not None and mode.uses_cursor else None
+        behind = 0 if mode.uses_cursor and watermark_start is None else None
+        if watermark_start is not None:
+            behind = late_rows.count_behind(
+                self.warehouse, statement, config.parameters, config.cursor_column, watermark_start, self.log
+            )
+            self.arrived_behind = late_rows.arrived_behind(previous, behind)
+            if self.arrived_behind:
+                late_rows.warn(self.log, self.arrived_behind, config.cursor_column, watermark_start)
         source = self._source = RecordSource(
             self.warehouse,
             sql,
@@ -249,6 +268,7 @@ class SyncRun:
             cursor_start=sort_key(watermark_start) if watermark_start is not None else None,
             connection=detector.source_connection(),
         )
+        source.reader.model_sql = statement
         try:
             columns = source.open()
             fanout = self._bind(source, detector, columns, accounting)
@@ -268,6 +288,8 @@ class SyncRun:
             try:
                 for records in source.chunks():
                     self.raise_if_cancelled()
+                    if self.column_types is None:
+                        self._check_column_types(source, records, previous)
                     changes = detector.detect(records)
                     accounting.count_mapping_changes(changes)
                     if not upserts_all_sent:
@@ -295,7 +317,26 @@ class SyncRun:
         finally:
             source.close()
             self._source = None
-        return detector.watermark(settle.failed_cursor_values)
+        watermark = detector.watermark(settle.failed_cursor_values)
+        read_before = getattr(detector, "rows_read_before", None)
+        if behind is not None and read_before is not None:
+            self.rows_behind = behind + read_before(watermark)
+        return watermark
+
+    def _check_column_types(
+        self, source: RecordSource, records: Sequence[Any], previous: SyncState | None
+    ) -> None:
+        """Keep the result's types and say so when a checksummed column's type changed (both engines)."""
+        first_row = records[0].row if records else None
+        self.column_types = column_types.result_types(source.reader.description, first_row)
+        if previous is not None:
+            changes = column_types.changed_types(
+                previous.extra.get(column_types.STATE_KEY),
+                self.column_types,
+                self._used_names,
+                self.config.primary_key,
+            )
+            column_types.log_changed_types(self.log, changes, self.config.primary_key)
 
     def _refresh_from(self) -> SyncState | None:
         """
@@ -350,6 +391,7 @@ class SyncRun:
             else {columns.index(c) for m in self.mappings for c in m.columns}
         )
         detector.bind(columns, used, "|".join(m.fingerprint for m in self.mappings))
+        self._used_names = [columns[i] for i in used]
         return MessageFanout(self.mappings, builders, self.space_conn_ids, self.config.mode, accounting)
 
     def raise_if_cancelled(self) -> None:

@@ -84,11 +84,14 @@ class RecordSource:
 
     def column_problems(self) -> list[str]:
         """Problems with the result's columns that the source itself depends on."""
+        from airflow_provider_segment_profiles.actions.mapping import column_hint
+
         problems = []
-        if self.primary_key not in self.columns:
-            problems.append(f"primary_key {self.primary_key!r} is not a column of the model's result")
-        if self.cursor_column is not None and self.cursor_column not in self.columns:
-            problems.append(f"cursor_column {self.cursor_column!r} is not a column of the model's result")
+        for setting, column in (("primary_key", self.primary_key), ("cursor_column", self.cursor_column)):
+            if column is not None and column not in self.columns:
+                problems.append(
+                    f"{setting} {column!r} is not a column of the model's result{column_hint(column, self.columns)}"
+                )
         return problems
 
     def chunks(self) -> Iterator[list[Record]]:

@@ -364,6 +364,10 @@ class SnapshotStore:
         """Smallest cursor sort key among records with an undelivered message, or ``None``."""
         return self.db.execute("SELECT min(cursor) FROM current WHERE failed = 1").fetchone()[0]
 
+    def count_before(self, cursor_key: object) -> int:
+        """Records read this run whose cursor sort key is below ``cursor_key``."""
+        return self.db.execute("SELECT count(*) FROM current WHERE cursor < ?", (cursor_key,)).fetchone()[0]
+
     def cursor_max(self) -> object | None:
         """Largest cursor sort key read this run, or ``None``."""
         return self.db.execute("SELECT max(cursor) FROM current").fetchone()[0]

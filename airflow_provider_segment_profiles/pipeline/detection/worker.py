@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import StateError
+from airflow_provider_segment_profiles.pipeline.detection import carry_over
 from airflow_provider_segment_profiles.pipeline.detection.checksum import (
     Checksummer,
     MappingChecksums,
@@ -70,6 +71,9 @@ class WorkerChangeDetector:
         deletions (every record read counts as added); ``None`` otherwise.
     :param mappings: the compiled mappings; those whose trigger selects updated records get a checksum of
         their own (none given: every updated record goes to every mapping).
+    :param carried: on a full refresh from the warehouse engine's state, its live ``(unique identifier,
+        version)`` pairs (:mod:`.carry_over`): taken as unconfirmed adds, so those the model no longer has are
+        deleted.
     :raises StateError: the committed snapshot cannot be read.
     """
 
@@ -87,13 +91,14 @@ class WorkerChangeDetector:
         log: Any,
         refresh_from: SyncState | None = None,
         mappings: Sequence[CompiledMapping] = (),
+        carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
         self.accounting = accounting
         self.primary_key = primary_key
         self._max_cursor: Any = None
         self._max_cursor_key: Any = None
-        self.refresh = refresh_from is not None
+        self.refresh = refresh_from is not None or carried is not None
         snapshot = location.download_snapshot(previous, workdir) if previous is not None else None
         if refresh_from is not None:
             # A full refresh sends every record as added, but records the old state holds and the model no
@@ -102,11 +107,10 @@ class WorkerChangeDetector:
             try:
                 snapshot = location.download_snapshot(refresh_from, workdir)
             except StateError as err:
-                log.warning(
-                    "full_refresh: the old state cannot be read (%s); records deleted from the model since "
-                    "it was committed cannot be found and are not deleted in Segment",
-                    err,
-                )
+                place = carry_over.old_state_place(refresh_from, location)
+                carry_over.warn_unreadable(log, refresh_from, place, str(err).splitlines()[0])
+        if carried is not None:
+            snapshot = prepare_previous(None, workdir, carried)
         self.journal: SendJournal | None = None
         self._journal_files: list[Any] = []
         uncommitted: list[Any] = []
@@ -314,6 +318,10 @@ class WorkerChangeDetector:
         if failed_cursor_values:
             return min(failed_cursor_values, key=sort_key)
         return self._max_cursor
+
+    def rows_read_before(self, watermark: Any) -> int:
+        """Records this run read whose cursor value is below ``watermark`` (incremental mode)."""
+        return 0 if watermark is None else self.store.count_before(sort_key(watermark))
 
     def snapshot_to_commit(self, workdir: Path, watermark: Any) -> tuple[Path | None, int]:
         """Write the mode's snapshot for the next run to ``workdir/next.sqlite``."""

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import ConfigurationError, ModelQueryError, StateError
+from airflow_provider_segment_profiles.pipeline import db_errors
+from airflow_provider_segment_profiles.pipeline.detection import carry_over
 from airflow_provider_segment_profiles.pipeline.detection.warehouse import statements as sql
 from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import (
     CHECKSUM_DEFINITION,
     Dialect,
     dialect_for,
 )
-from airflow_provider_segment_profiles.pipeline.reader import _is_programming_error
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.guards import state_error
@@ -91,6 +92,10 @@ class WarehouseChangeDetector:
     :param dry_run: read only: no table of the warehouse is created or changed (temporary ones are).
     :param journal_tag: this try's name; ``None`` writes no journal (dry runs).
     :param log: the task's logger.
+    :param refresh_from: on a full refresh, the committed state of this engine whose records are still
+        deleted when the model no longer has them (:mod:`..carry_over`).
+    :param carried: on a full refresh from the worker engine's state, its live ``(unique identifier,
+        version)`` pairs, folded in as unconfirmed adds.
     :raises ConfigurationError: the warehouse has no dialect here.
     """
 
@@ -110,6 +115,8 @@ class WarehouseChangeDetector:
         dry_run: bool,
         journal_tag: str | None,
         log: Any,
+        refresh_from: SyncState | None = None,
+        carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
         self.accounting = accounting
@@ -121,6 +128,7 @@ class WarehouseChangeDetector:
         self.log = log
         self.head_generation = head.generation if head is not None else 0
         self.previous = previous
+        self._refresh_from, self._carried = refresh_from, carried
         self.sync_id, self.table_name = state_table_name(location)
         self.rows_fetched = 0
         self._deletions_held = False
@@ -129,6 +137,7 @@ class WarehouseChangeDetector:
         self._side: Any = None
         self._prev: str = ""
         self._prev_is_copy = False
+        self._state_existed = True
         self._start_generation = 0
         self._now = int(time.time())
         self._closed = False
@@ -137,6 +146,7 @@ class WarehouseChangeDetector:
         self._journal_tag = journal_tag
         self._journal_files: list[Any] = []
         self._uncommitted: list[Any] = []
+        self.conn_id = db_errors.conn_id_of(hook)
         self.conn = hook.get_conn()
         try:
             self.dialect: Dialect = dialect_for(self.conn)
@@ -186,7 +196,7 @@ class WarehouseChangeDetector:
         """
         Create the state schema and tables when absent (not in a dry run) and commit that at once.
 
-        :return: whether the state table exists.
+        :return: whether the state table exists (``_state_existed``: whether it did before this run).
         :raises ConfigurationError: the warehouse refused to create them, naming the grant needed.
         """
         dialect = self.dialect
@@ -199,6 +209,7 @@ class WarehouseChangeDetector:
             return exists
         step = "schema"
         try:
+            self._state_existed = dialect.table_exists(cursor, self.schema, self.table_name)
             dialect.ensure_schema(cursor, self.schema)
             step = "table"
             cursor.execute(dialect.meta_ddl(self.meta))
@@ -212,6 +223,8 @@ class WarehouseChangeDetector:
                 dialect.commit(self.conn)
         except Exception as err:
             dialect.rollback(self.conn)
+            if db_errors.classify(err)[0] is db_errors.ErrorKind.TRANSIENT:
+                raise  # a lost connection is no missing grant: Airflow retries it
             raise ConfigurationError(
                 f"change_detection='warehouse' keeps its state in the warehouse, but creating the state "
                 f"{step} {self.state} was refused ({type(err).__name__}: {err}). "
@@ -226,13 +239,18 @@ class WarehouseChangeDetector:
 
         :raises StateError: the state does not fit (first line: the recovery).
         """
-        if not exists:
+        if not exists or not self._state_existed:
+            if self.full_refresh and self._refresh_from is not None:
+                place = f"the warehouse state table {self.state}"
+                carry_over.warn_unreadable(self.log, self._refresh_from, place, "it does not exist")
+                self._refresh_from = None
             if self.previous is not None:
                 raise state_error(
                     f"HEAD.json says generation {self.head_generation} was committed with "
                     f"change_detection='warehouse', but the state table {self.state} does not exist "
                     "(dropped, or another warehouse or state_schema)."
                 )
+        if not exists:
             return
         cursor = self._execute(
             f"SELECT generation, dialect, definition, used_columns FROM {self.meta} WHERE sync_id = "
@@ -244,6 +262,10 @@ class WarehouseChangeDetector:
         generation, dialect, definition, columns = row if row is not None else (0, None, None, None)
         self._start_generation = int(generation)
         if self.full_refresh:
+            problem = carry_over.warehouse_state_fits(self._refresh_from, exists, self._start_generation)
+            if problem is not None:
+                carry_over.warn_unreadable(self.log, self._refresh_from, str(self.state), problem)
+                self._refresh_from = None
             return
         if dialect is not None and (dialect != self.dialect.name or definition != CHECKSUM_DEFINITION):
             raise state_error(
@@ -317,22 +339,19 @@ class WarehouseChangeDetector:
         for setting in dialect.session_settings():
             self._execute(setting).close()
         model = sql.wrap_model(statement)
+        label = db_errors.model_label(statement, self.conn_id)
         try:
             cursor = self._execute(sql.probe_model(model), parameters)
         except Exception as err:
-            # As the source does: a programming error is permanent, anything else (a missing table, a lost
-            # connection) is left to Airflow's retries.
-            if _is_programming_error(err):
-                raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
-            raise
+            # As the source does (pipeline/db_errors.py): by SQLSTATE class where the driver gives one.
+            db_errors.raise_model_error(err, label)
         description = list(cursor.description or ())
         cursor.close()
         columns = [str(d[0]) for d in description]
-        if self.primary_key not in columns:
-            # The source reports the missing column (with the others) when it binds.
-            self._execute(dialect.create_temp_as("sp_model", sql.probe_model(model)), parameters)
-            selected = ", ".join(f"m.{dialect.quote(c)}" for c in columns)
-            return f"SELECT {selected} FROM {self._t('model')} m", None
+        if self.primary_key not in columns or any(m.check_columns(columns) for m in self.mappings):
+            # The source reports the missing columns when it binds, from the description alone: the
+            # model is neither materialised nor diffed for a misspelt column.
+            return sql.probe_model(model), parameters
         self._used = self._used_columns(columns)
         self._seed = "|".join(m.fingerprint for m in self.mappings)
         self._check_meta(exists)
@@ -344,14 +363,12 @@ class WarehouseChangeDetector:
         try:
             self._execute(materialise, parameters).close()
         except Exception as err:
-            if type(err).__name__ == "InsufficientPrivilege":
+            if db_errors.is_insufficient_privilege(err):
                 raise ConfigurationError(
                     f"change_detection='warehouse' needs temporary tables, but the warehouse refused one "
                     f"({err}). {dialect.grant_advice(self.schema, 'temp')}; or use change_detection='worker'."
                 ) from err
-            if _is_programming_error(err):
-                raise ModelQueryError(f"The database refused the model's SQL: {err}") from err
-            raise
+            db_errors.raise_model_error(err, label)
         self._maybe(dialect.temp_index("sp_model", "__sp_pos"))
         self._reject_null_keys()
         self._current_records()
@@ -420,7 +437,7 @@ class WarehouseChangeDetector:
             self._execute(create).close()
             self._maybe(self.dialect.temp_index("sp_cur", "pk", unique=True))
         except Exception as err:
-            if not _is_unique_violation(err):
+            if not db_errors.is_unique_violation(err):
                 raise
             self._execute("ROLLBACK TO SAVEPOINT sp_unique").close()
             self._execute("RELEASE SAVEPOINT sp_unique").close()
@@ -435,14 +452,20 @@ class WarehouseChangeDetector:
         refresh) a temporary copy with the journaled records folded in, as ``prepare_previous`` does.
         """
         records = list(SendJournal.records(self._uncommitted))
+        if self._carried is not None:
+            records.extend(self._carried)
         if exists and not self.full_refresh and not records:
             self._prev = self.state
             return
         prev = self._t("prev")
         self._prev, self._prev_is_copy = prev, True
-        source = self.state if exists and not self.full_refresh else None
+        refresh = self.full_refresh and self._refresh_from is not None
+        source = self.state if exists and (not self.full_refresh or refresh) else None
         if source is not None:
             self._execute(sql.copy_previous(self.dialect, source)).close()
+            if refresh:  # every record is sent again: the old ones count as unconfirmed adds (carry_over)
+                unconfirmed = f"UPDATE {prev} SET checksum = NULL, pending = 0 WHERE deleted_at IS NULL"
+                self._execute(unconfirmed).close()
         else:
             self._execute(sql.empty_previous(self.dialect)).close()
         if records:
@@ -677,11 +700,6 @@ class WarehouseChangeDetector:
         finally:
             with contextlib.suppress(Exception):
                 self.conn.close()
-
-
-def _is_unique_violation(err: BaseException) -> bool:
-    """Whether ``err`` is a unique-constraint violation (sqlite3 and psycopg 2/3 ``IntegrityError``)."""
-    return any(cls.__name__ in {"IntegrityError", "UniqueViolation"} for cls in type(err).__mro__)
 
 
 __all__ = ["WarehouseChangeDetector", "state_table_name"]

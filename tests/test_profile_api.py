@@ -310,3 +310,35 @@ def test_verification_settings_are_checked(settings, message):
 def test_policy_waits_double_up_to_the_cap():
     waits = VerificationPolicy(first_wait_s=1, max_wait_s=5).waits()
     assert [next(waits) for _ in range(5)] == [1, 2, 4, 5, 5]
+
+
+def test_cli_serves_the_profile_api_without_printing_the_token():
+    import re
+    import signal
+    import threading
+
+    from test_emulator import _run_cli
+
+    key, token = "cli-space-write-key", "cli-space-token-314159"
+    process = _run_cli("--write-key", key, "--space-id", "spa_cli", "--access-token", token)
+    watchdog = threading.Timer(15, process.kill)
+    watchdog.start()
+    try:
+        lines = [process.stdout.readline() for _ in range(3)]
+        url = re.search(r"(http://127\.0\.0\.1:\d+/v1)", lines[0]).group(1)
+        route = f"{url}/spaces/spa_cli/collections/users/profiles/<id_type:value>/traits"
+        assert lines[2].strip() == f"Profile API: GET {route}"
+        batch = {"batch": [{"type": "identify", "userId": "42", "traits": {"plan": "pro"}}]}
+        assert requests.post(f"{url}/batch", json=batch, auth=(key, ""), timeout=5).status_code == 200
+        read = requests.get(route.replace("<id_type:value>", "user_id:42"), auth=(token, ""), timeout=5)
+        assert read.json()["traits"] == {"plan": "pro"}
+        process.send_signal(signal.SIGINT)
+        rest, err = process.communicate(timeout=10)
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert process.returncode == 0, err
+    assert token not in "".join(lines) + rest + err
+    half = _run_cli("--write-key", key, "--space-id", "spa_cli")
+    _out, err = half.communicate(timeout=10)
+    assert half.returncode == 2 and "--space-id and --access-token go together" in err

@@ -185,7 +185,7 @@ def test_wrong_region_is_detected_and_fails_without_retry(
         assert emulator.profile_api.requests == []
         out = capfd.readouterr().out
         assert "none of the 4 delivered records read back through the Profile API" in out
-        assert "Endpoint Region" in out and "write key belongs to a source" in out and "drop rule" in out
+        assert "Endpoint Region" in out and "write key is of another source" in out and "drop rule" in out
         assert out.count(VERIFY_LINE) == 1
 
 

@@ -52,8 +52,8 @@ CAUSES_NOTHING_ARRIVED = (
     "the Segment Profiles connection's Endpoint Region is not the region of the workspace that holds the "
     "Space (Segment answers 200 in the other region and drops the events), or the Profile API connection "
     "names another region or space than the one the data was sent to",
-    "the write key belongs to a source that is not connected to this Profile Space (Unify > Unify settings "
-    "> Profile sources), so the events built profiles elsewhere or nowhere",
+    "the write key is of another source than this Profile Space's own (docs/connection.md, \"Where the write "
+    'key comes from"), so the events built profiles in another Space or nowhere',
     "a drop rule or filter (Unify event filtering, a source's or Protocols' blocking, a destination filter) "
     "discards the Identify calls",
 )

@@ -342,3 +342,20 @@ def test_cli_serves_the_profile_api_without_printing_the_token():
     half = _run_cli("--write-key", key, "--space-id", "spa_cli")
     _out, err = half.communicate(timeout=10)
     assert half.returncode == 2 and "--space-id and --access-token go together" in err
+
+
+def test_an_unreachable_api_is_unavailable_after_the_retries(monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conn = {"conn_type": "segment_profile_api", "password": "t0ken-x", "host": f"http://127.0.0.1:{port}/v1"}
+    monkeypatch.setenv("AIRFLOW_CONN_PAPI_DOWN", json.dumps({**conn, "extra": {"space_id": "s"}}))
+    hook = SegmentProfileApiHook(
+        "papi_down", retry_policy={"max_attempts": 2, "base_delay_s": 0.01}, sleep=lambda s: None
+    )
+    with pytest.raises(
+        ProfileApiUnavailable, match=r"ConnectionError talking to http://127\.0\.0\.1:\d+/v1 \(after 2"
+    ):
+        hook.get_traits("user_id", "u1")

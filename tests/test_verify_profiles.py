@@ -268,3 +268,21 @@ def test_the_access_token_is_in_no_log_xcom_report_or_lineage(
                 found += [str(path) for form in forms if form in content]
     found += ["console" for form in forms if form in console.encode()]
     assert found == [], f"access token found in {found}"
+
+
+def test_an_unavailable_profile_api_leaves_the_sample_unverified(
+    rel_sqlite, tmp_path, monkeypatch, airflow_db, token, capfd
+):
+    """503 on every read: the hook's retries run out on the first record, verification stops there, nothing
+    counts as lost and the run stays green (it cannot tell), saying so."""
+    with SegmentEmulator(profile_spaces=[space(token)]) as emulator:
+        h = harness(rel_sqlite, emulator, tmp_path, monkeypatch, "verify_unavailable")
+        create_customers(rel_sqlite, range(1, 4))
+        emulator.profile_api.fail_next(100, 503)
+        run = h.run(verify_sample=3)
+        assert run.state == "success"
+        verification = run.summary["verification"]
+        assert (verification["sampled"], verification["unverified"], verification["kept"]) == (0, 3, 0)
+        assert len(emulator.profile_api.requests) == 5  # one record's reads: the default 5 attempts
+        out = capfd.readouterr().out
+        assert "Profile API unavailable, verification stopped at record 1" in out

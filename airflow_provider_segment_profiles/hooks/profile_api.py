@@ -347,7 +347,7 @@ class SegmentProfileApiHook(BaseHook):
             wait: float | None = None
             try:
                 response = session.get(url, params=params, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except requests.RequestException as err:  # connection, timeout, a broken reply
                 reason = f"{type(err).__name__} talking to {_without_userinfo(self.base_url)}"
             else:
                 status = response.status_code

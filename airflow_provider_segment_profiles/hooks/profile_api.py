@@ -135,6 +135,8 @@ class SegmentProfileApiHook(BaseHook):
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter
+        #: HTTP requests this hook made, retries and failed ones included.
+        self.requests_made = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile_api_conn_id={self.profile_api_conn_id!r})"
@@ -344,6 +346,7 @@ class SegmentProfileApiHook(BaseHook):
         while True:
             attempt += 1
             self.rate_limiter.acquire(1)
+            self.requests_made += 1
             wait: float | None = None
             try:
                 response = session.get(url, params=params, timeout=self.timeout)

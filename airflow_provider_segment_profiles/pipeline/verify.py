@@ -278,7 +278,7 @@ class VerificationResult:
     :param missing: records no profile has.
     :param mismatched: records whose profile has other values for some traits.
     :param unverified: records picked but not read (Profile API unavailable, or out of time).
-    :param requests: Profile API requests made.
+    :param requests: Profile API requests made, retries and failed ones included.
     :param duration_s: seconds the verification took.
     :param problems: up to :data:`MAX_PROBLEMS_LISTED` records not kept: primary key, mapping, outcome and
         the names (never the values) of the traits that differ.
@@ -320,7 +320,7 @@ def verify(
     started = clock()
     outcomes: dict[int, tuple[VerificationOutcome, list[str]]] = {}
     attempts = dict.fromkeys(range(len(profiles)), 0)
-    requests = 0
+    requests_before = hook.requests_made
     todo = list(range(len(profiles)))
     waits = policy.waits()
     while todo:
@@ -340,7 +340,6 @@ def verify(
                 outcomes[index] = (VerificationOutcome.UNVERIFIED, [])
                 again = []
                 break
-            requests += held.requests
             attempts[index] += 1
             outcomes[index] = compare(profile.traits, held.traits if held.found else None)
             if outcomes[index][0] is not VerificationOutcome.KEPT and attempts[index] < policy.max_attempts:
@@ -350,7 +349,7 @@ def verify(
             break
         sleep(wait)
         todo = again
-    result = VerificationResult(requests=requests)
+    result = VerificationResult(requests=hook.requests_made - requests_before)
     for index, profile in enumerate(profiles):
         outcome, differing = outcomes.get(index, (VerificationOutcome.UNVERIFIED, []))
         setattr(result, outcome.value, getattr(result, outcome.value) + 1)

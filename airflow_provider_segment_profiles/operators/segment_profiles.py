@@ -425,7 +425,10 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self, config: SyncConfig, mappings: list[CompiledMapping], space_conn_ids: dict[str, str]
     ) -> Verification | None:
         """``verify_sample``'s sample and Profile API hook, resolved before any row is read; ``None`` when off."""
-        if not self.verify_sample or config.dry_run:
+        if not self.verify_sample:
+            return None
+        if config.dry_run:
+            self.log.info("verify_sample: a dry run sends nothing, so there is nothing to verify")
             return None
         return Verification(
             self.verify_sample,

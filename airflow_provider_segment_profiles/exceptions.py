@@ -68,3 +68,11 @@ class AccountingMismatch(TransientSyncError, RuntimeError):
 
 class SyncCancelled(TransientSyncError):
     """The task was killed (``on_kill``) while syncing; no state was committed."""
+
+
+class VerificationFailed(PermanentSyncError):
+    """
+    ``verify_sample`` read back delivered records through the Profile API and found none of them kept: the
+    data reached Segment's tracking API but not the Profile Space (``docs/operator.md``, "Verifying what
+    Profiles hold"). State was committed; the message names the likely causes.
+    """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_segment_profiles import __version__
-from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS
+from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, PROFILE_API_REGIONS, REGIONS
 
 #: The emulator's port in docs/emulator.md; 8080 is Airflow's own API server.
 EMULATOR_EXAMPLE_URL = "http://127.0.0.1:8765/v1"
@@ -51,6 +51,41 @@ CONN_FIELDS: dict[str, Any] = {
     }
 }
 
+#: The form of a ``segment_profile_api`` connection (the Profile API that verify_sample reads back from).
+PROFILE_API_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["login", "port", "schema", "extra"],
+    "relabeling": {"password": "Access Token", "host": "Host"},
+    "placeholders": {
+        "password": "the Space's Profile API access token (Unify > Unify settings > API access)",
+        "host": f"optional override, e.g. {EMULATOR_EXAMPLE_URL} (emulator)",
+    },
+}
+
+PROFILE_API_CONN_FIELDS: dict[str, Any] = {
+    "space_id": {
+        "label": "Space ID",
+        "description": "The Profile Space's id, shown beside the access token under Unify > Unify settings > "
+        "API access.",
+        "schema": {"type": "string", "section": "Space ID and Region"},
+    },
+    "region": {
+        "label": "Region",
+        "description": "Region of the workspace that holds the Space: north_america (profiles.segment.com) "
+        "or europe (profiles.euw1.segment.com). It must be the region the sync's Segment Profiles "
+        "connection sends to.",
+        "schema": {
+            "type": "string",
+            "enum": sorted(PROFILE_API_REGIONS),
+            "default": DEFAULT_REGION,
+            "section": "Space ID and Region",
+            "values_display": {
+                "north_america": "north_america (profiles.segment.com)",
+                "europe": "europe (profiles.euw1.segment.com)",
+            },
+        },
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider-info dict described by Airflow's ``provider_info.schema.json``."""
@@ -70,7 +105,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Segment Profiles",
-                "python-modules": ["airflow_provider_segment_profiles.hooks.segment_profiles"],
+                "python-modules": [
+                    "airflow_provider_segment_profiles.hooks.segment_profiles",
+                    "airflow_provider_segment_profiles.hooks.profile_api",
+                ],
             }
         ],
         "operators": [
@@ -86,6 +124,13 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "Segment Profiles",
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
                 "conn-fields": CONN_FIELDS,
-            }
+            },
+            {
+                "connection-type": "segment_profile_api",
+                "hook-class-name": "airflow_provider_segment_profiles.hooks.profile_api.SegmentProfileApiHook",
+                "hook-name": "Segment Profile API",
+                "ui-field-behaviour": PROFILE_API_UI_FIELD_BEHAVIOUR,
+                "conn-fields": PROFILE_API_CONN_FIELDS,
+            },
         ],
     }

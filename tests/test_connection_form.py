@@ -16,7 +16,8 @@ from pathlib import Path
 from unittest import mock
 
 from airflow_provider_segment_profiles.get_provider_info import get_provider_info
-from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, REGIONS
+from airflow_provider_segment_profiles.hooks.profile_api import SegmentProfileApiHook
+from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, PROFILE_API_REGIONS, REGIONS
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -38,7 +39,9 @@ def _missing(module: str) -> bool:
         return True
 
 
-def _form_widgets_as_the_api_server_builds_them() -> tuple[dict, tuple[type, ...]]:
+def _form_widgets_as_the_api_server_builds_them(
+    hook: type = SegmentProfilesHook,
+) -> tuple[dict, tuple[type, ...]]:
     """Call the hook's classmethod with the api-server's wtforms stand-ins in place."""
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService as meta
 
@@ -51,9 +54,14 @@ def _form_widgets_as_the_api_server_builds_them() -> tuple[dict, tuple[type, ...
         mock.patch("wtforms.BooleanField", meta.MockBooleanField),
         mock.patch("wtforms.validators.any_of", meta.MockEnum),
     ):
-        widgets = SegmentProfilesHook.get_connection_form_widgets()
+        widgets = hook.get_connection_form_widgets()
     allowed = (meta.MockIntegerField, meta.MockPasswordField, meta.MockStringField, meta.MockBooleanField)
     return widgets, allowed
+
+
+def _conn_type(name: str) -> dict:
+    (conn_type,) = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == name]
+    return conn_type
 
 
 def test_airflow_3_1_gets_only_field_classes_it_supports():
@@ -68,7 +76,7 @@ def test_airflow_3_1_gets_only_field_classes_it_supports():
 
 
 def test_both_form_declarations_describe_the_same_fields():
-    (conn_type,) = get_provider_info()["connection-types"]
+    conn_type = _conn_type("segment_profiles")
     declared = conn_type["conn-fields"]["region"]
     widgets, _ = _form_widgets_as_the_api_server_builds_them()
     param = widgets["region"].param.dump()
@@ -82,7 +90,7 @@ def test_both_form_declarations_describe_the_same_fields():
 
 
 def test_the_region_section_names_every_region_and_the_default():
-    (conn_type,) = get_provider_info()["connection-types"]
+    conn_type = _conn_type("segment_profiles")
     schema = conn_type["conn-fields"]["region"]["schema"]
     assert "Endpoint Region" in schema["section"]
     assert DEFAULT_REGION in schema["section"]
@@ -98,3 +106,28 @@ def test_host_placeholder_uses_the_emulators_documented_port():
     placeholder = SegmentProfilesHook.get_ui_field_behaviour()["placeholders"]["host"]
     assert f"http://127.0.0.1:{documented}/v1" in placeholder
     assert ":8080" not in placeholder  # Airflow's own API server
+
+
+def test_the_profile_api_form_has_space_id_and_region_in_both_declarations():
+    conn_type = _conn_type("segment_profile_api")
+    widgets, allowed = _form_widgets_as_the_api_server_builds_them(SegmentProfileApiHook)
+    assert set(widgets) == set(conn_type["conn-fields"]) == {"space_id", "region"}
+    for name, widget in widgets.items():
+        assert widget.field_class in allowed, f"{name} is a {widget.field_class!r}"
+        param = widget.param.dump()
+        declared = conn_type["conn-fields"][name]
+        assert param["schema"]["title"] == declared["label"]
+        assert param["description"] == declared["description"]
+    region = widgets["region"].param.dump()
+    assert (
+        region["schema"]["enum"]
+        == sorted(PROFILE_API_REGIONS)
+        == conn_type["conn-fields"]["region"]["schema"]["enum"]
+    )
+    assert region["value"] == DEFAULT_REGION
+    behaviour = SegmentProfileApiHook.get_ui_field_behaviour()
+    assert behaviour["relabeling"]["password"] == "Access Token"
+    assert behaviour["hidden_fields"] == conn_type["ui-field-behaviour"]["hidden-fields"]
+    assert behaviour["placeholders"] == conn_type["ui-field-behaviour"]["placeholders"]
+    for region_name, shown in conn_type["conn-fields"]["region"]["schema"]["values_display"].items():
+        assert PROFILE_API_REGIONS[region_name].removeprefix("https://").removesuffix("/v1") in shown

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_segment_profiles.actions import ACTION_NAMES, compile_mappings, get_action
-from airflow_provider_segment_profiles.hooks.regions import REGIONS
+from airflow_provider_segment_profiles.hooks.profile_api import SegmentProfileApiHook
+from airflow_provider_segment_profiles.hooks.regions import PROFILE_API_REGIONS, REGIONS
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 
 ROOT = Path(__file__).parent.parent
@@ -69,6 +70,12 @@ def test_connection_exports_resolve(where, line, monkeypatch):
     monkeypatch.setenv(name, value)
     conn_id = name.removeprefix("AIRFLOW_CONN_").lower()
     connection = BaseHook.get_connection(conn_id)
+    if connection.conn_type == "segment_profile_api":
+        profile_api = connection.get_hook()
+        assert isinstance(profile_api, SegmentProfileApiHook)
+        assert profile_api.base_url == PROFILE_API_REGIONS[profile_api.region]
+        assert profile_api.space_id == connection.extra_dejson["space_id"]
+        return
     if connection.conn_type != "segment_profiles":
         assert isinstance(connection.get_hook(), DbApiHook)
         return

@@ -23,7 +23,9 @@ def _airflow(*args: str) -> subprocess.CompletedProcess[str]:
 def test_provider_info_names_the_distribution_and_connection_type():
     info = get_provider_info()
     assert info["package-name"] == "airflow-provider-segment-profiles"
-    (conn_type,) = info["connection-types"]
+    by_type = {c["connection-type"]: c for c in info["connection-types"]}
+    assert set(by_type) == {"segment_profiles", "segment_profile_api"}
+    conn_type = by_type["segment_profiles"]
     assert conn_type["connection-type"] == "segment_profiles"
     assert conn_type["hook-class-name"].endswith("SegmentProfilesHook")
     assert conn_type["conn-fields"]["region"]["schema"]["enum"] == ["europe", "north_america"]

@@ -33,6 +33,12 @@ from airflow_provider_segment_profiles.pipeline.config import (
 )
 from airflow_provider_segment_profiles.pipeline.run import SyncRun
 from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog, check_table_name
+from airflow_provider_segment_profiles.pipeline.verify import (
+    Verification,
+    VerificationPolicy,
+    check_verification_settings,
+)
+from airflow_provider_segment_profiles.pipeline.verify import off as verification_off
 from airflow_provider_segment_profiles.state.guards import check_destinations, load_head
 from airflow_provider_segment_profiles.state.location import (
     STATE_XCOM_KEY,
@@ -113,6 +119,14 @@ class SegmentProfilesSyncOperator(BaseOperator):
         which keeps the state in ``state_schema``, and only changed rows are read; docs/change-detection.md).
     :param state_schema: schema (PostgreSQL, Snowflake; created when absent) or table-name prefix (SQLite)
         of the warehouse engine's state tables.
+    :param verify_sample: after delivery, read back up to this many delivered records (their Identify
+        traits) through Segment's Profile API and compare them with what was sent; ``0`` (default) is
+        off. A sample that finds nothing kept fails the task without retry (``docs/operator.md``).
+    :param profile_api_conn_id: the ``segment_profile_api`` connection (the Space's access token and space
+        id) that ``verify_sample`` reads through; it must read the Space of ``segment_conn_id``.
+    :param verify_policy: the read-back's bounds for eventual consistency:
+        :class:`~airflow_provider_segment_profiles.pipeline.verify.VerificationPolicy` or a dict of its
+        fields (``budget_s``, ``max_attempts``, ``first_wait_s``, ``max_wait_s``, ``requests_per_second``).
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """
@@ -166,6 +180,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
         sync_log_table: str | None = None,
         change_detection: str = "worker",
         state_schema: str = "segment_profiles",
+        verify_sample: int = 0,
+        profile_api_conn_id: str = "segment_profile_api_default",
+        verify_policy: VerificationPolicy | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -196,6 +213,14 @@ class SegmentProfilesSyncOperator(BaseOperator):
         self.sync_log_table = None if sync_log_table is None else check_table_name(sync_log_table)
         self.change_detection = change_detection
         self.state_schema = state_schema
+        self.verify_sample = verify_sample
+        self.profile_api_conn_id = profile_api_conn_id
+        self.verify_policy = check_verification_settings(
+            task_id=self.task_id,
+            verify_sample=verify_sample,
+            profile_api_conn_id=profile_api_conn_id,
+            verify_policy=verify_policy,
+        )
         self._run: SyncRun | None = None
         #: Plain data of the last run for OpenLineage (``operators/lineage.py``), no run objects.
         self._lineage_facts: dict[str, Any] | None = None
@@ -264,12 +289,14 @@ class SegmentProfilesSyncOperator(BaseOperator):
         hooks: dict[str, SegmentProfilesHook] = {}
         self._lineage_facts = None
         sync_log: SyncLog | None = None
+        verification: Verification | None = None
         try:
             config = self._config()
             mappings = self._compile(config.mappings)
             space_conn_ids = {m.name: m.profile_space or config.default_space for m in mappings}
             for conn_id in sorted(set(space_conn_ids.values())):
                 hooks[conn_id] = self._segment_hook(conn_id, resolve=not config.dry_run)
+            verification = self._verification(config, mappings, space_conn_ids)
             location = self._state_location(ti)
             head = load_head(
                 location,
@@ -310,6 +337,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 run_tag=f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}",
                 log=self.log,
                 sync_log=sync_log,
+                verification_sample=None if verification is None else verification.sample,
             )
             summary, state = self._run.execute()
             self._lineage_facts = lineage_facts(mappings, space_conn_ids, hooks, summary)
@@ -323,6 +351,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 sync_log.write()
         if state is not None:
             ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
+        summary["verification"], verify_error = (
+            verification.run() if verification else (verification_off(), None)
+        )
         self.log.info("%s", format_summary(summary))
         breach = delete_guard_breach(summary, self.task_id) or (
             None
@@ -330,6 +361,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
             else threshold_breach(summary, self.max_rejected_fraction, self.max_failed_fraction)
             or record_rejection_breach(summary, self.max_rejected_fraction)
         )
+        if breach is None and verify_error is not None:
+            breach = _airflow_error(verify_error)
         if breach is not None:
             # A run that fails its thresholds still committed what was delivered; keep its summary visible.
             ti.xcom_push(key="return_value", value=summary)
@@ -389,6 +422,26 @@ class SegmentProfilesSyncOperator(BaseOperator):
             progress_interval_s=self.progress_interval_s,
             change_detection=self.change_detection,
             state_schema=self.state_schema,
+        )
+
+    def _verification(
+        self, config: SyncConfig, mappings: list[CompiledMapping], space_conn_ids: dict[str, str]
+    ) -> Verification | None:
+        """``verify_sample``'s sample and Profile API hook, resolved before any row is read; ``None`` when off."""
+        if not self.verify_sample:
+            return None
+        if config.dry_run:
+            self.log.info("verify_sample: a dry run sends nothing, so there is nothing to verify")
+            return None
+        return Verification(
+            self.verify_sample,
+            conn_id=self.profile_api_conn_id,
+            policy=self.verify_policy,
+            mappings=mappings,
+            space_conn_ids=space_conn_ids,
+            verified_space=config.default_space,
+            timeout=self.request_timeout,
+            log=self.log,
         )
 
     def _segment_hook(self, conn_id: str, resolve: bool) -> SegmentProfilesHook:

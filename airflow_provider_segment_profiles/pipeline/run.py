@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.pipeline.config import SyncConfig
     from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
     from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog
+    from airflow_provider_segment_profiles.pipeline.verify import VerificationSample
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 
@@ -103,6 +104,8 @@ class SyncRun:
     :param log: the task's logger.
     :param sync_log: a :class:`~.sync_log.SyncLog` collecting every message outcome, or ``None``; the
         caller writes it after the run.
+    :param verification_sample: a :class:`~.verify.VerificationSample` that picks delivered records for
+        ``verify_sample`` while the run starts, or ``None``; the caller verifies after the run.
     """
 
     def __init__(
@@ -121,8 +124,10 @@ class SyncRun:
         run_tag: str,
         log: Any,
         sync_log: SyncLog | None = None,
+        verification_sample: VerificationSample | None = None,
     ) -> None:
         self.config = config
+        self.verification_sample = verification_sample
         self.mappings = list(mappings)
         self.warehouse = warehouse
         self.segment_hooks = segment_hooks
@@ -283,6 +288,9 @@ class SyncRun:
             )
             progress = Progress(self.log, config.progress_interval_s, started)
             settle = Settler(accounting, detector, progress, self.raise_if_cancelled)
+            sample = self.verification_sample
+            if sample is not None:
+                settle.observer = sample.settled
             sent_kinds = fanout.kinds_sent
             upserts_all_sent = {ChangeKind.ADDED, ChangeKind.UPDATED} <= sent_kinds
             try:
@@ -296,7 +304,13 @@ class SyncRun:
                         changes = [c for c in changes if c.kind in sent_kinds or c.pending]
                     self.raise_if_cancelled()
                     detector.write_ahead(changes)
-                    fanout.send(changes, dispatcher.add, settle)
+                    # Only while the verification sample collects does a chunk's add go through it.
+                    add = (
+                        sample.tap(dispatcher.add)
+                        if sample is not None and sample.collecting
+                        else dispatcher.add
+                    )
+                    fanout.send(changes, add, settle)
                     detector.mark_rejected(fanout.take_rejected())
                     settle(dispatcher.poll())
                     progress.maybe_log("reading", accounting.rows_read)

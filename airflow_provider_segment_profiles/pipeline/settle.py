@@ -81,6 +81,9 @@ class Settler:
         self.sync_log = accounting.sync_log
         #: Cursor values of records with an undelivered message (incremental mode holds the watermark).
         self.failed_cursor_values: list[Any] = []
+        #: Called with each list of completions after it is settled (``verify_sample``'s
+        #: :meth:`~.verify.VerificationSample.settled`), or ``None``.
+        self.observer: Callable[[Sequence[Completion]], None] | None = None
 
     def __call__(self, completions: Sequence[Completion]) -> None:
         """Settle ``completions`` (each one's ``ref`` is a :class:`~.records.MessageRef`)."""
@@ -110,3 +113,5 @@ class Settler:
             self.detector.mark_delete_failed(failed_deletes)
         if rejected:
             self.detector.mark_rejected(rejected)
+        if self.observer is not None:
+            self.observer(completions)

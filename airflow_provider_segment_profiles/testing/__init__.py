@@ -20,6 +20,7 @@ from airflow_provider_segment_profiles.testing.emulator import (
     RecordedRequest,
     SegmentEmulator,
 )
+from airflow_provider_segment_profiles.testing.profile_api import ProfileSpace
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -28,6 +29,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "DropReason",
     "DroppedMessage",
+    "ProfileSpace",
     "RecordedRequest",
     "SegmentEmulator",
 ]

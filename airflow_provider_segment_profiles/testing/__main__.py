@@ -4,11 +4,12 @@ Serve a :class:`~airflow_provider_segment_profiles.testing.SegmentEmulator` from
 Usage::
 
     python -m airflow_provider_segment_profiles.testing --port 8765 --write-key KEY [--strict] [--latency 0.05]
-        [--messages-file received.ndjson]
+        [--messages-file received.ndjson] [--space-id SPACE_ID --access-token TOKEN]
 
 It prints one line with the base URL once it listens and one with where to see what it accepts
-(``GET /messages``, and the ``--messages-file`` it appends to as NDJSON), serves until SIGINT or SIGTERM,
-then prints one line with the counts and exits 0. Write keys are never printed.
+(``GET /messages``, and the ``--messages-file`` it appends to as NDJSON), with ``--space-id`` one with the
+Profile API's traits route, serves until SIGINT or SIGTERM, then prints one line with the counts and exits
+0. Write keys and access tokens are never printed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 from airflow_provider_segment_profiles.testing.emulator import SegmentEmulator
 from airflow_provider_segment_profiles.testing.inspection import MESSAGES_PATH
+from airflow_provider_segment_profiles.testing.profile_api import ProfileSpace
 
 _PROG = "python -m airflow_provider_segment_profiles.testing"
 
@@ -52,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append every accepted message to this file as NDJSON, as it arrives",
     )
+    parser.add_argument(
+        "--space-id",
+        metavar="SPACE_ID",
+        help="serve the Profile API for a Profile Space with this id, built from every write key's messages",
+    )
+    parser.add_argument("--access-token", metavar="TOKEN", help="the Space's access token (with --space-id)")
     return parser
 
 
@@ -69,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argparse would echo the values, which could be a mistyped write key.
         options = [arg for arg in unknown if arg.startswith("-")]
         parser.error(f"unrecognized arguments: {' '.join(options) or f'{len(unknown)} value(s)'}")
+    if bool(args.space_id) != bool(args.access_token):
+        parser.error("--space-id and --access-token go together")
     try:
+        spaces = (
+            [ProfileSpace(args.space_id, tuple(args.write_keys), (args.access_token,))]
+            if args.space_id
+            else []
+        )
         emulator = SegmentEmulator(
             write_keys=args.write_keys,
             host=args.host,
@@ -77,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             strict=args.strict,
             latency=args.latency,
             messages_file=args.messages_file,
+            profile_spaces=spaces,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -97,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing = f"http://127.0.0.1:{emulator.port}{MESSAGES_PATH}"
     also = f"; appending them to {args.messages_file} as NDJSON" if args.messages_file else ""
     print(f"Accepted messages: GET {listing} (filters: ?userId=...&type=...){also}", flush=True)
+    if args.space_id:
+        route = f"{emulator.url}/spaces/{args.space_id}/collections/users/profiles/<id_type:value>/traits"
+        print(f"Profile API: GET {route}", flush=True)
     try:
         while not stop.wait(0.2):
             pass

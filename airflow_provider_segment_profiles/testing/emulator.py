@@ -86,6 +86,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from airflow_provider_segment_profiles.testing.inspection import MESSAGES_PATH, NdjsonWriter, list_messages
+from airflow_provider_segment_profiles.testing.profile_api import SPACES_PREFIX, ProfileApi, ProfileSpace
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +436,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
+        if path.startswith(SPACES_PREFIX):  # the Profile API (testing/profile_api.py)
+            profile_api = self.server.emulator.profile_api
+            self._reply(*profile_api.handle_get(self.path, self.headers.get("Authorization")))
+            return
         if path != MESSAGES_PATH:
             self._not_allowed()
             return
@@ -585,6 +590,9 @@ class SegmentEmulator:
     :param latency: seconds added to every request (see :attr:`latency`).
     :param messages_file: a file to append every accepted message to, as NDJSON, while it runs (opened by
         :meth:`start`, closed by :meth:`stop`; :meth:`reset` does not empty it).
+    :param profile_spaces: :class:`~.profile_api.ProfileSpace` s whose profiles the Profile API serves
+        (their write keys are accepted too); see :mod:`~airflow_provider_segment_profiles.testing.profile_api`.
+    :param profile_visibility_delay: seconds before an accepted message shows in the Profile API.
     :raises ValueError: for a host other than loopback, no write key, an empty write key, or a
         negative latency.
     """
@@ -599,11 +607,16 @@ class SegmentEmulator:
         strict: bool = False,
         latency: float = 0.0,
         messages_file: str | os.PathLike[str] | None = None,
+        profile_spaces: Iterable[ProfileSpace] = (),
+        profile_visibility_delay: float = 0.0,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"SegmentEmulator only binds to 127.0.0.1 (or 'localhost'), not {host!r}")
         keys = [write_key] if write_key is not None else []
         keys.extend(write_keys)
+        #: The Profile API (:class:`~.profile_api.ProfileApi`): profiles built from accepted messages.
+        self.profile_api = ProfileApi(profile_spaces, visibility_delay=profile_visibility_delay)
+        keys.extend(self.profile_api.write_keys)
         if not keys:
             raise ValueError("SegmentEmulator needs at least one write key")
         if not all(isinstance(key, str) and key for key in keys):
@@ -713,6 +726,10 @@ class SegmentEmulator:
                 raise ValueError("this emulator has several write keys; pass write_key")
             (write_key,) = self._write_keys
         return {"conn_type": "segment_profiles", "password": write_key, "host": self.url}
+
+    def profile_api_connection(self, space_id: str | None = None) -> dict[str, Any]:
+        """A ``segment_profile_api`` connection reading this emulator's Profile API, for ``AIRFLOW_CONN_*``."""
+        return self.profile_api.airflow_connection(self.url, space_id)
 
     # -- recordings ------------------------------------------------------------------------------
 
@@ -869,6 +886,7 @@ class SegmentEmulator:
             self._by_key.clear()
             self._dropped.clear()
             self._requests.clear()
+        self.profile_api.reset()
 
     # -- request processing (called from handler threads) -----------------------------------------
 
@@ -1003,6 +1021,7 @@ class SegmentEmulator:
             if outcome.accepted:
                 self._messages.extend(outcome.accepted)
                 self._by_key.setdefault(outcome.write_key, []).extend(outcome.accepted)
+                self.profile_api.ingest(outcome.write_key, outcome.accepted)
                 if self._messages_out is not None:  # under the lock: the file keeps the arrival order
                     self._messages_out.write(outcome.accepted)
             if outcome.dropped:

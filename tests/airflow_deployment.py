@@ -166,6 +166,34 @@ class AirflowDeployment:
         if "api-server" in self._processes:
             self.wait_for(self._api_answers, f"the api-server to answer on {self.base_url}")
 
+    def start_named(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
+        """
+        Start one more component under its own name, with more environment variables (a second Celery
+        worker: ``start_named("worker-b", ["celery", "worker", ...], {...})``). :meth:`stop` stops it too.
+
+        :param name: the component's name here and of its log file.
+        :param args: the ``airflow`` CLI arguments.
+        :param env: variables added to (or replacing) the installation's environment for this component.
+        """
+        # Appended to: a component started again under its name keeps the earlier output.
+        log = open(self.log_path(name), "ab")  # noqa: SIM115 - the child process writes to it
+        self._processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component and every process of its session at once, as when its machine is lost."""
+        process = self._processes.pop(name)
+        for pid in [process.pid, *_session_members(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
     def stop(self) -> None:
         """
         Stop every component started here and every process it started; kill what outlives 20 s.

@@ -20,6 +20,7 @@ The operator keeps only :func:`lineage_facts`' plain data between ``execute`` an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -54,7 +55,8 @@ def lineage_facts(
     :param space_conn_ids: mapping name -> Profile Space conn id.
     :param hooks: Profile Space conn id -> its hook (resolved, unless a dry run).
     :param summary: the run summary (``mappings`` holds each mapping's ``delivered``).
-    :return: ``{"spaces": [{"conn_id", "namespace", "name", "delivered", "mappings": [...]}]}``, JSON-able;
+    :return: ``{"spaces": [{"conn_id", "region", "namespace", "name", "delivered", "mappings": [...]}]}``,
+        JSON-able;
         each mapping has ``fields`` (``[column, field path]``) and ``stars`` (``[field path, excluded]``).
     """
     if summary.get("dry_run"):
@@ -68,6 +70,7 @@ def lineage_facts(
             hook = hooks[conn_id]
             space = spaces[conn_id] = {
                 "conn_id": conn_id,
+                "region": hook.region,
                 "namespace": space_namespace(hook.region),
                 "name": hook.destination_id,
                 "delivered": 0,
@@ -95,6 +98,31 @@ def space_namespace(region: str) -> str:
     :raises UnknownRegionError: an unknown region.
     """
     return f"{SEGMENT_SCHEME}://{urlsplit(base_url_for_region(region)).netloc}"
+
+
+#: The output dataset facet naming the Profile Space's Airflow connection. Custom facets' keys carry a
+#: prefix of their producer's, as Airflow's ``airflow_runArgs``
+#: (https://openlineage.io/docs/spec/facets/custom-facets).
+PROFILE_SPACE_FACET = "segmentProfiles_profileSpace"
+
+
+@functools.cache
+def _profile_space_facet_class() -> type:
+    """
+    The ``DatasetFacet`` of :data:`PROFILE_SPACE_FACET`: ``connId`` (the Airflow connection id) and
+    ``region``, so that a catalog user can tell Profile Spaces apart by the connection that writes to them
+    (the dataset's name is the destination id, a hash). Never the write key, nor the connection's host.
+    Defined on first use: the OpenLineage client is imported lazily.
+    """
+    from attrs import define
+    from openlineage.client.facet_v2 import DatasetFacet
+
+    @define
+    class SegmentProfileSpaceDatasetFacet(DatasetFacet):
+        connId: str  # OpenLineage facets name their fields in camelCase
+        region: str
+
+    return SegmentProfileSpaceDatasetFacet
 
 
 def operator_lineage(
@@ -156,8 +184,16 @@ def _database_info(hook: DbApiHook, connection: Any) -> tuple[Any, bool]:
 def _inputs(
     sql: str, hook: DbApiHook, conn_id: str, operator_log: Any
 ) -> tuple[Any, dict[str, list[tuple[str, str, str]]]]:
-    """The model's input datasets as common-sql reports them, and result column -> its input columns."""
+    """
+    The model's input datasets as common-sql reports them, and result column -> its input columns.
+
+    Parsed through :mod:`.lineage_sql` (tables read only in a CTE are inputs too, a CTE is never one).
+    Every parsed table is an input, also one the information schema query did not return, and column
+    lineage cites only inputs.
+    """
     from airflow.providers.openlineage.sqlparser import SQLParser, from_table_meta
+
+    from airflow_provider_segment_profiles.operators.lineage_sql import sql_parser
 
     connection = hook.get_connection(conn_id)
     database_info, own_info = _database_info(hook, connection)
@@ -174,9 +210,9 @@ def _inputs(
         default_schema = (
             hook.get_openlineage_default_schema() if own_info or hook.dialect_name != "sqlite" else "main"
         )
-        parser = SQLParser(dialect=dialect, default_schema=default_schema)
+        parser = sql_parser(dialect=dialect, default_schema=default_schema)
     except AttributeError:
-        parser = SQLParser()
+        parser = sql_parser()
     engine = None
     if use_connection:
         try:
@@ -191,17 +227,30 @@ def _inputs(
         use_connection=use_connection,
     )
     namespace = SQLParser.create_namespace(database_info)
-    column_sources: dict[str, list[tuple[str, str, str]]] = {}
+
+    def dataset_of(table: Any) -> Any:
+        return from_table_meta(table, database_info.database, namespace, database_info.is_uppercase_names)
+
     parsed = parser.parse(parser.split_sql_string(sql))
+    # Input name as the datasets spell it, by its case-folded form: the information schema spells a
+    # PostgreSQL table the way the database folded it, the parser the way the SQL wrote it.
+    named = {d.name.casefold(): d.name for d in lineage.inputs}
+    for table in getattr(parsed, "in_tables", None) or ():
+        # The information schema query answers only for tables it finds (not for a view or another
+        # database's table): the parsed name still is an input.
+        dataset = dataset_of(table)
+        if dataset.name.casefold() not in named:
+            named[dataset.name.casefold()] = dataset.name
+            lineage.inputs.append(dataset)
+    column_sources: dict[str, list[tuple[str, str, str]]] = {}
     for column in getattr(parsed, "column_lineage", None) or ():
         sources = column_sources.setdefault(column.descendant.name, [])
         for origin in column.lineage:
             if origin.origin is None:
                 continue
-            dataset = from_table_meta(
-                origin.origin, database_info.database, namespace, database_info.is_uppercase_names
-            )
-            sources.append((dataset.namespace, dataset.name, origin.name))
+            name = named.get(dataset_of(origin.origin).name.casefold())
+            if name is not None:
+                sources.append((namespace, name, origin.name))
     return lineage, column_sources
 
 
@@ -244,7 +293,11 @@ def _outputs(facts: Mapping[str, Any], column_sources: Mapping[str, list[tuple[s
             )
             for path, entry in fields.items()
         }
-        facets: dict[str, Any] = {}
+        facets: dict[str, Any] = {
+            PROFILE_SPACE_FACET: _profile_space_facet_class()(
+                connId=space["conn_id"], region=space.get("region", "")
+            )
+        }
         if column_lineage:
             facets["columnLineage"] = column_lineage_dataset.ColumnLineageDatasetFacet(fields=column_lineage)
         outputs.append(

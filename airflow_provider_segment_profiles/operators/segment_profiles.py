@@ -513,7 +513,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if any(name in executor for name in _DISTRIBUTED_EXECUTORS):
             self.log.warning(
                 "State is kept at the default local path %s while the %s runs tasks on several machines; "
-                "set state_path to shared storage (s3://, gs://, ...) or runs on other workers start from scratch.",
+                "set state_path to shared storage (s3://, gs://, ...): a run on another worker does not find this "
+                "state and fails, finding newer state in XCom.",
                 location.root,
                 executor,
             )

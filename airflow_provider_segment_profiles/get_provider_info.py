@@ -23,9 +23,10 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 }
 
 #: Title of the form section that holds the region. Airflow 3.2+ shows a field's ``section`` as a
-#: collapsed heading in place of the generic "Extra Fields", so the region and its default are named on
-#: the form without opening anything.
-REGION_SECTION = "Endpoint Region: north_america unless you choose europe"
+#: collapsed heading in place of the generic "Extra Fields". The heading is the same whatever the
+#: connection's region (a section title cannot show a field's value), so it names no region: it says that
+#: the choice is inside and why it matters; the dropdown shows the connection's region once opened.
+REGION_SECTION = "Endpoint Region (open to check it: Segment drops events sent to the wrong region)"
 
 #: Shown under the Endpoint Region dropdown.
 REGION_DESCRIPTION = (

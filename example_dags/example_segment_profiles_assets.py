@@ -15,6 +15,10 @@ dashboards refreshes or follow-up jobs.
 
 Connections: the warehouse is `jaffle_shop_warehouse` (any common-sql connection) and Segment is
 `segment_profiles_default`.
+
+The sync DAG declares the recovery params (`full_refresh`, `dry_run`, `max_deleted_fraction`), so a
+failed state is recovered from the Trigger dialog: tick `full_refresh` (or send `{"full_refresh": true}`
+as the run's configuration) and trigger (docs/operator.md).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_segment_profiles.operators.segment_profiles import SegmentProfilesSyncOperator
 
@@ -53,6 +57,32 @@ IDENTIFY_CUSTOMERS = [
     }
 ]
 
+#: Run params of the Trigger dialog; the sync takes its recovery settings from them.
+RECOVERY_PARAMS = {
+    "full_refresh": Param(
+        False,
+        type="boolean",
+        title="Full refresh",
+        description="Ignore the saved sync state for this run: every record is sent as added and the state "
+        "is rebuilt. The way out of a state error.",
+    ),
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run",
+        description="Detect changes and build every message, send nothing and keep the state.",
+    ),
+    "max_deleted_fraction": Param(
+        0.5,
+        type=["null", "number"],
+        minimum=0,
+        maximum=1,
+        title="Max deleted fraction",
+        description="The delete guard: a run that would delete more than this fraction of the synced "
+        "records sends no delete. Set to null to let one run's deletes through.",
+    ),
+}
+
 with DAG(
     dag_id="example_segment_profiles_customers_asset",
     description="Reverse ETL of Jaffle Shop customers; an asset event with the counts after each run",
@@ -63,6 +93,7 @@ with DAG(
     max_active_runs=1,
     tags=["segment", "reverse-etl", "example", "assets"],
     template_searchpath=[str(SQL_FOLDER)],
+    params=RECOVERY_PARAMS,
 ) as sync_dag:
     SegmentProfilesSyncOperator(
         task_id="sync_customers",
@@ -73,6 +104,9 @@ with DAG(
         segment_conn_id=SEGMENT_CONN_ID,
         sync_log_table="segment_sync_log",
         outlets=[CUSTOMERS_IN_SEGMENT],
+        full_refresh="{{ params.full_refresh }}",
+        dry_run="{{ params.dry_run }}",
+        max_deleted_fraction="{{ params.max_deleted_fraction }}",
     )
 
 with DAG(

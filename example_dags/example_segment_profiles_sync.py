@@ -17,6 +17,12 @@ SQLite and PostgreSQL) and Segment is `segment_profiles_default` (a `segment_pro
 holding the Profile Space source's write key). Sync state is kept under `state_path`, by default
 `$AIRFLOW_HOME/segment_profiles_state`; set it to shared storage (`s3://...`) when workers do not share
 a disk.
+
+**Recovering from the Trigger dialog.** The DAG declares the params the recovery uses, and every sync
+takes them from there: trigger with `full_refresh` ticked when a run failed with a state error (every
+record is sent again and the state rebuilt), with `dry_run` to see what a run would send, or with
+`max_deleted_fraction` set to null to let one run's mass delete through (docs/operator.md). Scheduled
+runs keep the defaults.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from airflow_provider_segment_profiles.operators.segment_profiles import SegmentProfilesSyncOperator
 
@@ -32,6 +38,40 @@ WAREHOUSE_CONN_ID = "jaffle_shop_warehouse"
 SEGMENT_CONN_ID = "segment_profiles_default"
 #: The SQL models, next to this file.
 SQL_FOLDER = Path(__file__).parent / "sql"
+
+#: Run params of the Trigger dialog (its form, or the configuration JSON such as {"full_refresh": true});
+#: each sync below takes its recovery settings from them.
+RECOVERY_PARAMS = {
+    "full_refresh": Param(
+        False,
+        type="boolean",
+        title="Full refresh",
+        description="Ignore the saved sync state for this run: every record is sent as added and the state "
+        "is rebuilt. The way out of a state error.",
+    ),
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run",
+        description="Detect changes and build every message, send nothing and keep the state; the payloads "
+        "go to the summary's dry_run_path.",
+    ),
+    "max_deleted_fraction": Param(
+        0.5,
+        type=["null", "number"],
+        minimum=0,
+        maximum=1,
+        title="Max deleted fraction",
+        description="The delete guard: a run that would delete more than this fraction of the synced "
+        "records sends no delete. Set to null to let one run's deletes through.",
+    ),
+}
+#: The operator arguments that read those params (templated; rendered text becomes a bool or a number).
+FROM_PARAMS = {
+    "full_refresh": "{{ params.full_refresh }}",
+    "dry_run": "{{ params.dry_run }}",
+    "max_deleted_fraction": "{{ params.max_deleted_fraction }}",
+}
 
 CUSTOMER_MAPPINGS = [
     {
@@ -128,9 +168,11 @@ with DAG(
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
     tags=["segment", "reverse-etl", "example"],
     template_searchpath=[str(SQL_FOLDER)],
+    params=RECOVERY_PARAMS,
 ) as dag:
     sync_customers = SegmentProfilesSyncOperator(
         task_id="sync_customers",
+        **FROM_PARAMS,
         conn_id=WAREHOUSE_CONN_ID,
         sql="customers.sql",
         primary_key="customer_id",
@@ -144,6 +186,7 @@ with DAG(
 
     sync_stores = SegmentProfilesSyncOperator(
         task_id="sync_stores",
+        **FROM_PARAMS,
         conn_id=WAREHOUSE_CONN_ID,
         sql="stores.sql",
         primary_key="store_id",
@@ -154,6 +197,7 @@ with DAG(
 
     sync_customer_store = SegmentProfilesSyncOperator(
         task_id="sync_customer_store",
+        **FROM_PARAMS,
         conn_id=WAREHOUSE_CONN_ID,
         sql="customer_store.sql",
         primary_key="customer_id",
@@ -164,6 +208,7 @@ with DAG(
 
     sync_orders = SegmentProfilesSyncOperator(
         task_id="sync_orders",
+        **FROM_PARAMS,
         conn_id=WAREHOUSE_CONN_ID,
         sql="orders.sql",
         primary_key="order_id",

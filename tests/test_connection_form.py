@@ -89,12 +89,15 @@ def test_both_form_declarations_describe_the_same_fields():
     assert behaviour["hidden_fields"] == conn_type["ui-field-behaviour"]["hidden-fields"]
 
 
-def test_the_region_section_names_every_region_and_the_default():
+def test_the_region_section_names_no_region_and_each_choice_its_host():
+    """The heading is the same on every connection, so it names no region (issue 23: a heading naming the
+    default read "north_america" on a connection set to europe); the choices name their API hosts."""
     conn_type = _conn_type("segment_profiles")
     schema = conn_type["conn-fields"]["region"]["schema"]
     assert "Endpoint Region" in schema["section"]
-    assert DEFAULT_REGION in schema["section"]
-    assert all(region in schema["section"] for region in REGIONS)
+    assert "wrong region" in schema["section"]
+    assert not any(region in schema["section"] for region in REGIONS)
+    assert schema["default"] == DEFAULT_REGION
     assert set(schema["values_display"]) == set(REGIONS)
     for region, shown in schema["values_display"].items():
         assert shown.startswith(region)

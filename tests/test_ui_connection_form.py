@@ -31,6 +31,7 @@ from airflow_provider_segment_profiles.testing import SegmentEmulator
 pytestmark = pytest.mark.browser
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "connection-form.png"
+DOCS_EDIT_SCREENSHOT = DOCS_SCREENSHOT.with_name("connection-form-europe.png")
 CONN_ID = "segment_profiles_eu"
 #: Airflow 3.2+ builds the form from the provider info's conn-fields (sections, values_display).
 DECLARATIVE_FORM = Version(AIRFLOW_VERSION) >= Version("3.2")
@@ -125,6 +126,22 @@ def test_add_a_connection_through_the_form_and_read_it_back(chromium, api_server
             expect(form).to_be_hidden()
             expect(page.get_by_text(CONN_ID, exact=True)).to_be_visible()
             rendered = page.content()
+
+            # The saved europe connection, opened again: its region heading names no other region, and the
+            # dropdown shows europe.
+            page.get_by_role("button", name="Edit Connection").click()
+            form = page.get_by_role("dialog")
+            heading = form.get_by_role("button", name=REGION_HEADING, exact=True)
+            expect(heading).to_be_visible()
+            assert "north_america" not in heading.inner_text()
+            heading.click()
+            expect(form.get_by_text(europe, exact=True).filter(visible=True)).to_be_visible()
+            expect(form.get_by_text(north_america, exact=True).filter(visible=True)).to_be_hidden()
+            edit_shot = tmp_path / "connection-form-europe.png"
+            form.screenshot(path=str(edit_shot))
+            if os.environ.get("SEGMENT_PROFILES_UPDATE_SCREENSHOT"):
+                shutil.copyfile(edit_shot, DOCS_EDIT_SCREENSHOT)
+            rendered += page.content()
         finally:
             browser.close()
 
@@ -151,7 +168,12 @@ def test_add_a_connection_through_the_form_and_read_it_back(chromium, api_server
         )
         assert tested.status_code == 200, tested.text
         assert tested.json()["status"] is True, tested.json()
-        assert tested.json()["message"].startswith(f"Reached the europe tracking API at {emulator.url}")
+        # The Host stands in for the region's API: the message says so and does not claim the europe API.
+        message = tested.json()["message"]
+        assert message.startswith(
+            f"Reached the connection's Host {emulator.url}, which replaces the europe"
+        ), message
+        assert "Reached the europe tracking API" not in message
         (request,) = emulator.requests
         assert request.authorization == "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
 

@@ -182,6 +182,29 @@ class SegmentProfilesHook(BaseHook):
         material = f"{region}\n{write_key}".encode("utf-8", "surrogatepass")
         return hashlib.blake2b(material, key=b"segment-profiles-destination", digest_size=8).hexdigest()
 
+    @property
+    def host_overridden(self) -> bool:
+        """Whether the connection's Host replaces the region's API (a proxy, the emulator)."""
+        return self.base_url != base_url_for_region(self.region)
+
+    @property
+    def endpoint_host(self) -> str:
+        """The host (and port) messages are posted to, without user info, e.g. ``api.segment.io``."""
+        authority = _without_userinfo(self.base_url).partition("://")[2].partition("/")[0]
+        return authority
+
+    def describe_destination(self) -> str:
+        """
+        Where this hook sends, for the task log: the connection id, the region and the endpoint host
+        (``connection 'x': region europe, endpoint events.eu1.segmentapis.com``); never the write key.
+        A Host override is named as one, since only the region's own API is known to ingest the region's data.
+        """
+        text = f"connection {self.segment_profiles_conn_id!r}: region {self.region}, endpoint {self.endpoint_host}"
+        if self.host_overridden:
+            region_host = base_url_for_region(self.region).partition("://")[2].partition("/")[0]
+            text += f" (the connection's Host, in place of the {self.region} API {region_host})"
+        return text
+
     @cached_property
     def session(self) -> requests.Session:
         """Pooled HTTP session with the auth and content headers set."""
@@ -436,10 +459,19 @@ class SegmentProfilesHook(BaseHook):
                     f"{_error_body(response)}"
                 ),
             )
+        region_url = base_url_for_region(region)
+        if base_url == region_url:
+            reached = f"Reached the {region} tracking API at {region_url}"
+        else:
+            # The Host replaces the region's API: only the Host answered, the region's API was not contacted.
+            reached = (
+                f"Reached the connection's Host {_without_userinfo(base_url)}, which replaces the {region} "
+                f"tracking API ({region_url}, not contacted by this test: make sure the Host forwards there)"
+            )
         return True, (
-            f"Reached the {region} tracking API at {_without_userinfo(base_url)} and the write key is well-formed. Segment accepts "
-            "any write key and drops events sent with an unknown one, so this test cannot verify the key: "
-            "after the first sync, check the Profile Space source's debugger in Segment."
+            f"{reached}, and the write key is well-formed. Segment accepts any write key and drops events "
+            "sent with an unknown one, so this test cannot verify the key: after the first sync, check the "
+            "Profile Space source's debugger in Segment."
         )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,18 @@ from airflow_provider_segment_profiles.exceptions import (
 )
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 from airflow_provider_segment_profiles.operators.assets import attach_summary
+from airflow_provider_segment_profiles.operators.destinations import (
+    destinations_report,
+    log_destinations_before,
+)
 from airflow_provider_segment_profiles.operators.lineage import lineage_facts, operator_lineage
+from airflow_provider_segment_profiles.operators.mass_delete import (
+    answer,
+    ask,
+    check_on_mass_delete,
+    held_payload,
+    question,
+)
 from airflow_provider_segment_profiles.operators.summary import (
     delete_guard_breach,
     format_summary,
@@ -31,6 +44,7 @@ from airflow_provider_segment_profiles.pipeline.config import (
     SyncConfig,
     check_settings,
 )
+from airflow_provider_segment_profiles.pipeline.held_deletes import ApprovedDeletes
 from airflow_provider_segment_profiles.pipeline.run import SyncRun
 from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog, check_table_name
 from airflow_provider_segment_profiles.pipeline.verify import (
@@ -127,6 +141,13 @@ class SegmentProfilesSyncOperator(BaseOperator):
     :param verify_policy: the read-back's bounds for eventual consistency:
         :class:`~airflow_provider_segment_profiles.pipeline.verify.VerificationPolicy` or a dict of its
         fields (``budget_s``, ``max_attempts``, ``first_wait_s``, ``max_wait_s``, ``requests_per_second``).
+    :param on_mass_delete: what the delete guard does with the deletes it holds: ``"fail"`` (default: the
+        task fails without retry) or ``"ask"`` (Airflow 3.1+: the run syncs adds and updates, then asks in
+        the Airflow UI, naming the counts and a sample of keys; *Approve* sends exactly the held deletes,
+        *Reject* keeps them held and ends the task successfully, no answer within ``mass_delete_timeout``
+        fails it as ``"fail"`` would). See ``docs/operator.md``, "A mass delete that asks".
+    :param mass_delete_timeout: how long ``on_mass_delete="ask"`` waits for an answer (default 24 hours;
+        ``None``: no limit).
     :raises ValueError: (a :class:`~airflow_provider_segment_profiles.exceptions.ConfigurationError`) at DAG
         parse time, listing every invalid setting or mapping problem.
     """
@@ -183,6 +204,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         verify_sample: int = 0,
         profile_api_conn_id: str = "segment_profile_api_default",
         verify_policy: VerificationPolicy | dict[str, Any] | None = None,
+        on_mass_delete: str = "fail",
+        mass_delete_timeout: timedelta | None = timedelta(hours=24),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -221,6 +244,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
             profile_api_conn_id=profile_api_conn_id,
             verify_policy=verify_policy,
         )
+        check_on_mass_delete(on_mass_delete, mass_delete_timeout)
+        self.on_mass_delete = on_mass_delete
+        self.mass_delete_timeout = mass_delete_timeout
         self._run: SyncRun | None = None
         #: Plain data of the last run for OpenLineage (``operators/lineage.py``), no run objects.
         self._lineage_facts: dict[str, Any] | None = None
@@ -282,7 +308,61 @@ class SegmentProfilesSyncOperator(BaseOperator):
         :raises AirflowFailException: a permanent error (configuration, model query, state) or the
             rejected-message threshold; the task is not retried.
         :raises AirflowException: a transient error or the failed-message threshold; Airflow retries it.
+        :raises TaskAwaitingInput: (or ``TaskDeferred`` before Airflow 3.3) with ``on_mass_delete="ask"``, when
+            the delete guard held deletes: the task waits for a human's answer (:meth:`execute_complete`).
         """
+        return self._sync(context)
+
+    def execute_complete(self, context: Context, held: dict[str, Any], event: dict[str, Any]) -> Any:
+        """
+        Resume after the mass-delete question (``on_mass_delete="ask"``) was answered.
+
+        *Approve*: sync again, letting through exactly the deletes the question named (the model is read
+        again; when the records missing from it are not those any more, no delete is sent and the task
+        fails). *Reject*: the deletes stay held; the asking run's summary is returned and the task succeeds.
+        No answer in time: fails as ``on_mass_delete="fail"`` does.
+
+        :param held: the held deletes the question was about (:func:`~.mass_delete.held_payload`) and the
+            asking run's ``summary``.
+        :param event: Airflow's resume event with the answer.
+        :raises AirflowFailException: on a timeout, or when the approved deletes no longer fit the model.
+        """
+        decided = answer(event)
+        summary = held.pop("summary", None) or {}
+        guard = delete_guard_breach(
+            {
+                "deletes_held": {
+                    "would_delete": held["count"],
+                    "committed_records": held["committed"],
+                    "max_deleted_fraction": held["limit"],
+                }
+            },
+            self.task_id,
+        )
+        if decided.choice == "timeout":
+            raise AirflowFailException(
+                "Delete guard: the mass-delete question was not answered within "
+                f"{self.mass_delete_timeout}; no delete was sent. {guard}"
+            )
+        if decided.choice == "rejected":
+            self.log.warning(
+                "Delete guard: %s rejected the %s deletes; none was sent. The records stay in the sync state, "
+                "so the next run finds them missing again.",
+                decided.by or "a human",
+                f"{held['count']:,}",
+            )
+            summary["mass_delete"] = {"decision": "rejected", "by": decided.by, "held": held["count"]}
+            attach_summary(context, self.outlets, summary)
+            return summary
+        self.log.info(
+            "Delete guard: %s approved the %s deletes", decided.by or "a human", f"{held['count']:,}"
+        )
+        result = self._sync(context, approved=ApprovedDeletes.from_dict(held, decided.by))
+        result["mass_delete"] = {"decision": "approved", "by": decided.by, "held": held["count"]}
+        return result
+
+    def _sync(self, context: Context, approved: ApprovedDeletes | None = None) -> dict[str, Any]:
+        """One sync run (``execute``); ``approved``: the deletes a human let through (``execute_complete``)."""
         ti = context["ti"]
         # Connections are resolved afresh each run: an operator object can be executed again (dag.test).
         self.__dict__.pop("warehouse_hook", None)
@@ -292,6 +372,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
         verification: Verification | None = None
         try:
             config = self._config()
+            if approved is not None:
+                config = dataclasses.replace(config, approved_deletes=approved)
             mappings = self._compile(config.mappings)
             space_conn_ids = {m.name: m.profile_space or config.default_space for m in mappings}
             for conn_id in sorted(set(space_conn_ids.values())):
@@ -310,6 +392,8 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 log=self.log,
             )
             destinations = {} if config.dry_run else {c: hook.destination_id for c, hook in hooks.items()}
+            if not config.dry_run:
+                log_destinations_before(self.log, hooks)
             if config.mode.resumes_from(head, config.full_refresh) is not None:
                 check_destinations(head, destinations)
             if self.sync_log_table and not config.dry_run:
@@ -334,12 +418,14 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 head=head,
                 run_id=str(ti.run_id),
                 try_number=int(ti.try_number or 0),
-                run_tag=f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}",
+                run_tag=f"{safe_component(context.get('run_id') or ti.run_id)}-try{ti.try_number}"
+                + ("-approved" if approved is not None else ""),
                 log=self.log,
                 sync_log=sync_log,
                 verification_sample=None if verification is None else verification.sample,
             )
             summary, state = self._run.execute()
+            held = self._run.deletes_held
             self._lineage_facts = lineage_facts(mappings, space_conn_ids, hooks, summary)
         except SegmentProfilesError as err:
             raise _airflow_error(err) from err
@@ -355,6 +441,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             verification.run() if verification else (verification_off(), None)
         )
         self.log.info("%s", format_summary(summary))
+        self.log.info("%s", destinations_report(hooks, space_conn_ids, summary))
         breach = delete_guard_breach(summary, self.task_id) or (
             None
             if config.dry_run
@@ -366,6 +453,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
         if breach is not None:
             # A run that fails its thresholds still committed what was delivered; keep its summary visible.
             ti.xcom_push(key="return_value", value=summary)
+            if held is not None and held.approval_mismatch:
+                raise AirflowFailException(
+                    f"Delete guard: the deletes approved by {approved.approved_by or 'a human'} were for "
+                    f"{approved.count:,} records, but this run finds {held.would_delete:,} missing from the "
+                    "model, not the same ones (the model changed after the question); no delete was sent. The "
+                    "next run asks again about the records missing then.\n" + str(breach)
+                )
+            if held is not None and self.on_mass_delete == "ask" and not config.dry_run:
+                asked = question(
+                    self.task_id, held, summary.get("state_generation"), self.mass_delete_timeout
+                )
+                ask(
+                    self, context, asked, {**held_payload(held), "summary": summary}, self.mass_delete_timeout
+                )
             raise breach
         attach_summary(context, self.outlets, summary)
         return summary

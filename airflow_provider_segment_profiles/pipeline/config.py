@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT, MAX_BATCH_MESSAGES
 from airflow_provider_segment_profiles.exceptions import ConfigurationError
+from airflow_provider_segment_profiles.pipeline.held_deletes import ApprovedDeletes
 from airflow_provider_segment_profiles.pipeline.modes import SYNC_MODES, SyncMode, get_mode
 
 #: Segment Engage ingests at most 1,000 events per second per Profile Space
@@ -51,6 +52,8 @@ class SyncConfig:
     progress_interval_s: float = 10.0
     change_detection: str = "worker"
     state_schema: str = "segment_profiles"
+    #: Deletes a human approved (``on_mass_delete="ask"``): the delete guard lets exactly these through.
+    approved_deletes: ApprovedDeletes | None = None
 
     @property
     def mode(self) -> SyncMode:

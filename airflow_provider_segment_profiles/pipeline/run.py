@@ -28,6 +28,7 @@ from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
 from airflow_provider_segment_profiles.pipeline.commit import commit_state
 from airflow_provider_segment_profiles.pipeline.detection.factory import make_detector
 from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout
+from airflow_provider_segment_profiles.pipeline.held_deletes import fingerprint
 from airflow_provider_segment_profiles.pipeline.reader import single_statement
 from airflow_provider_segment_profiles.pipeline.records import ChangeKind
 from airflow_provider_segment_profiles.pipeline.reports import upload
@@ -70,11 +71,20 @@ class DeletesHeld(NamedTuple):
     """
     The delete guard's finding: ``would_delete`` of the ``committed`` records were missing from the model,
     more than ``limit`` (``max_deleted_fraction``) allows.
+
+    :param sample: up to :data:`~.held_deletes.SAMPLE_SIZE` of the held records' unique identifiers.
+    :param digest: fingerprint of the whole set of held identifiers (:func:`~.held_deletes.fingerprint`),
+        what an approval (``on_mass_delete="ask"``) is for.
+    :param approval_mismatch: an approval was given, but for another set of records than this run found
+        missing (the model changed after the question was asked).
     """
 
     would_delete: int
     committed: int
     limit: float
+    sample: tuple[str, ...] = ()
+    digest: str = ""
+    approval_mismatch: bool = False
 
 
 class SyncResult(NamedTuple):
@@ -373,15 +383,28 @@ class SyncRun:
         held, missing = detector.deletion_counts()
         if limit is None or not held or missing / held <= limit:
             return
+        found = fingerprint(detector.deleted_keys())
+        approved = self.config.approved_deletes
+        if approved is not None and approved.matches(found):
+            self.log.info(
+                "Delete guard: sending the %s deletes approved by %s (the same records the question named)",
+                f"{missing:,}",
+                approved.approved_by or "a human",
+            )
+            return
         detector.hold_deletions()
-        self.deletes_held = DeletesHeld(missing, held, limit)
+        self.deletes_held = DeletesHeld(
+            missing, held, limit, found.sample, found.digest, approval_mismatch=approved is not None
+        )
         self.log.warning(
             "Delete guard: this run would delete %s of the %s records the committed state holds (%.1f%% > "
-            "max_deleted_fraction %.1f%%); no delete is sent and those records stay in state",
+            "max_deleted_fraction %.1f%%; e.g. primary keys %s); no delete is sent and those records stay in "
+            "state",
             f"{missing:,}",
             f"{held:,}",
             100 * missing / held,
             100 * limit,
+            ", ".join(repr(key) for key in found.sample[:5]),
         )
 
     def _bind(

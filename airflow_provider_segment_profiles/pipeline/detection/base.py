@@ -78,6 +78,12 @@ class ChangeDetector(Protocol):
     def deletions(self) -> Iterator[list[Change]]:
         """Chunks of the records the committed state has and this run did not read, as deleted changes."""
 
+    def deleted_keys(self) -> Iterator[str]:
+        """
+        The unique identifiers :meth:`deletions` would yield, without counting them (the delete guard names
+        a sample of them and fingerprints the set). Called after every chunk was detected.
+        """
+
     def mark_failed(self, keys: Iterable[str]) -> None:
         """A message of these added or updated records was not delivered: they are sent again next run."""
 

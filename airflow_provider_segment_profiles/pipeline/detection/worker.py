@@ -300,6 +300,14 @@ class WorkerChangeDetector:
                 for key, held, version in chunk
             ]
 
+    def deleted_keys(self) -> Iterator[str]:
+        """Keys of the snapshot this run did not read (diff mode only), uncounted."""
+        if not self.mode.detects_deletions:
+            return
+        for chunk in self.store.deleted():
+            for key, _held, _version in chunk:
+                yield key
+
     def mark_failed(self, keys: Iterable[str]) -> None:
         """See :meth:`SnapshotStore.mark_failed`."""
         self.store.mark_failed(keys)

@@ -589,6 +589,19 @@ class WarehouseChangeDetector:
         finally:
             cursor.close()
 
+    def deleted_keys(self) -> Iterator[str]:
+        """Keys of the committed records this run did not read, uncounted."""
+        if not self.mode.detects_deletions:
+            return
+        cursor = self._cursor(named=True)
+        cursor.execute(sql.deleted_rows(self.dialect))
+        try:
+            while rows := cursor.fetchmany(5000):
+                for pk, _held, _version in rows:
+                    yield pk
+        finally:
+            cursor.close()
+
     def _mark(self, keys: Iterable[str], mark: int) -> None:
         rows = [(key, mark) for key in keys]
         if rows:

@@ -19,18 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.pipeline.records import ChangeKind
+from airflow_provider_segment_profiles.common.changes import SYNC_MODES, TRIGGER_RULES, ChangeKind
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.state.location import SyncState
-
-_UPSERTS = frozenset({ChangeKind.ADDED, ChangeKind.UPDATED})
-_BY_TRIGGER = {
-    "added": frozenset({ChangeKind.ADDED}),
-    "updated": frozenset({ChangeKind.UPDATED}),
-    "added_or_updated": _UPSERTS,
-    "deleted": frozenset({ChangeKind.DELETED}),
-}
 
 
 class SyncMode:
@@ -51,7 +43,7 @@ class SyncMode:
     """
 
     name = "diff"
-    unfit_triggers: Mapping[str, str] = {}
+    unfit_triggers: Mapping[str, str] = TRIGGER_RULES["diff"].unfit
     compares_with_state = True
     detects_deletions = True
     journals_sends = True
@@ -59,8 +51,8 @@ class SyncMode:
     retries_rejected = True
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
-        """The change kinds a mapping with ``trigger`` sends."""
-        return _BY_TRIGGER[trigger]
+        """The change kinds a mapping with ``trigger`` sends (``common/changes.py``)."""
+        return TRIGGER_RULES[self.name].changes[trigger]
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         """
@@ -121,10 +113,7 @@ class IncrementalMode(SyncMode):
     """``incremental``: rows at or past the watermark, each an add; state is the watermark."""
 
     name = "incremental"
-    unfit_triggers = {
-        "updated": "incremental mode reads only new rows and counts each as added",
-        "deleted": "incremental mode reads only new rows and counts each as added",
-    }
+    unfit_triggers = TRIGGER_RULES["incremental"].unfit
     detects_deletions = False
     journals_sends = False
     uses_cursor = True
@@ -159,14 +148,11 @@ class FullMode(SyncMode):
     """``full``: every row to every non-``deleted`` mapping, every run; no state is compared."""
 
     name = "full"
-    unfit_triggers = {"deleted": "full mode keeps no snapshot, so it cannot detect deleted records"}
+    unfit_triggers = TRIGGER_RULES["full"].unfit
     compares_with_state = False
     detects_deletions = False
     journals_sends = False
     retries_rejected = False
-
-    def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
-        return frozenset() if trigger == "deleted" else _UPSERTS
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         return ChangeKind.ADDED
@@ -180,7 +166,9 @@ class FullMode(SyncMode):
 
 #: Every sync mode by its ``sync_mode`` name.
 MODES: dict[str, SyncMode] = {mode.name: mode for mode in (DiffMode(), IncrementalMode(), FullMode())}
-SYNC_MODES = tuple(MODES)
+if tuple(MODES) != SYNC_MODES:  # the trigger table of common/changes.py and the strategies must agree
+    raise ImportError(f"sync modes {tuple(MODES)} do not match common.changes.SYNC_MODES {SYNC_MODES}")
+__all__ = ["MODES", "SYNC_MODES", "SyncMode", "get_mode"]
 
 
 def get_mode(name: str) -> SyncMode:

@@ -14,19 +14,14 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from airflow_provider_segment_profiles.common.changes import ChangeKind
+
+__all__ = ["Change", "ChangeKind", "MessageRef", "Outcome", "Record", "new"]
+
 #: ``new(RecordType, (field, ...))`` builds a record without the Python-level ``__new__`` a ``NamedTuple``
 #: generates (no defaults are filled in: give every field). The per-record stages use it; a call of the
 #: generated ``__new__`` costs a Python frame per record (``docs/benchmarks.md``).
 new = tuple.__new__
-
-
-class ChangeKind(StrEnum):
-    """What happened to a record since the last committed state (Reverse ETL's standard terms)."""
-
-    ADDED = "added"
-    UPDATED = "updated"
-    DELETED = "deleted"
-    UNCHANGED = "unchanged"
 
 
 class Outcome(StrEnum):

@@ -61,5 +61,13 @@ class AccountingMismatch(TransientSyncError, RuntimeError):
     """Totals do not reconcile: a record or message was lost or counted twice; nothing was committed."""
 
 
+class HookClosedError(SegmentProfilesError, RuntimeError):
+    """A hook was asked to send after :meth:`close` (the task is being killed: ``on_kill`` closes it)."""
+
+
 class SyncCancelled(TransientSyncError):
     """The task was killed (``on_kill``) while syncing; no state was committed."""
+
+
+class ModelReaderClosed(SyncCancelled, RuntimeError):
+    """Rows of the model were asked for after its reader was closed (the task is being killed)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlparse
 
-from airflow_provider_segment_profiles.exceptions import ModelQueryError
+from airflow_provider_segment_profiles.exceptions import ModelQueryError, ModelReaderClosed
 from airflow_provider_segment_profiles.pipeline.driver_values import install_safe_loaders
 
 if TYPE_CHECKING:
@@ -190,10 +190,6 @@ class ModelReader:
                 # Closing after a kill or a broken connection: nothing more to do.
                 with contextlib.suppress(Exception):
                     closeable.close()
-
-
-class ModelReaderClosed(RuntimeError):
-    """Rows were asked for after :meth:`ModelReader.close`."""
 
 
 def _is_programming_error(err: BaseException) -> bool:

@@ -96,7 +96,7 @@ class SyncMode:
         """The SQL and parameters the source runs (the model itself, except in incremental mode)."""
         return statement, parameters
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         """
         Write the snapshot the next run compares against to ``destination``.
 
@@ -138,7 +138,7 @@ class IncrementalMode(SyncMode):
             return statement, parameters
         return with_watermark_filter(statement, cursor_column, watermark, parameters, hook)
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         if watermark_key is None:
             return None
         return store.write_incremental_snapshot(destination, watermark_key)
@@ -160,7 +160,7 @@ class FullMode(SyncMode):
     def change_token(self, checksum_hex: str, version: int) -> str:
         return checksum_hex
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         return None
 
 

@@ -1,6 +1,6 @@
 """The record snapshot: what a sync knows Segment holds for every record, kept between runs.
 
-A snapshot file is an SQLite database with three tables:
+A snapshot file is an SQLite database with four tables:
 
 * ``snapshot(pk, checksum, cursor, version)``: every record the sync has sent, with the checksum of the
   values Segment holds (``NULL``: an add whose delivery was not confirmed), the incremental cursor's sort key

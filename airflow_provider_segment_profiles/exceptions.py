@@ -66,6 +66,10 @@ class AccountingMismatch(TransientSyncError, RuntimeError):
     """Totals do not reconcile: a record or message was lost or counted twice; nothing was committed."""
 
 
+class HookClosedError(SegmentProfilesError, RuntimeError):
+    """A hook was asked to send after :meth:`close` (the task is being killed: ``on_kill`` closes it)."""
+
+
 class SyncCancelled(TransientSyncError):
     """The task was killed (``on_kill``) while syncing; no state was committed."""
 
@@ -76,3 +80,7 @@ class VerificationFailed(PermanentSyncError):
     data reached Segment's tracking API but not the Profile Space (``docs/operator.md``, "Verifying what
     Profiles hold"). State was committed; the message names the likely causes.
     """
+
+
+class ModelReaderClosed(SyncCancelled, RuntimeError):
+    """Rows of the model were asked for after its reader was closed (the task is being killed)."""

@@ -154,7 +154,11 @@ class AirflowDeployment:
 
         :param components: CLI names of the components.
         """
-        for component in components:
+        # The api-server first, and answering, before anything that runs tasks: a task's supervisor talks
+        # to the execution API at once, and on a loaded machine the api-server takes tens of seconds to
+        # start (a sensor failed with "connection refused" before it listened).
+        ordered = sorted(components, key=lambda component: component != "api-server")
+        for component in ordered:
             log = open(self.log_path(component), "wb")  # noqa: SIM115 - the child process writes to it
             args = [sys.executable, "-m", "airflow", component]
             if component == "api-server":
@@ -163,8 +167,8 @@ class AirflowDeployment:
                 args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             log.close()
-        if "api-server" in self._processes:
-            self.wait_for(self._api_answers, f"the api-server to answer on {self.base_url}")
+            if component == "api-server":
+                self.wait_for(self._api_answers, f"the api-server to answer on {self.base_url}")
 
     def start_named(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
         """

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,8 +25,6 @@ pytestmark = pytest.mark.deployment
 
 DAG_ID = "segment_deployment_sync"
 DAGS = Path(__file__).parent / "deployment_dags"
-#: Wall-clock budget of the whole test; on an idle 2-core machine it takes well under half of it.
-BUDGET_S = 150
 
 
 def _changes() -> list[Callable[[sqlite3.Connection], None]]:
@@ -72,7 +69,6 @@ def _sent(messages: list[dict]) -> dict[str, list[str]]:
 
 
 def test_scheduler_runs_three_intervals_with_changes_between_them(tmp_path):
-    started = time.monotonic()
     write_key = "deploy-" + secrets.token_hex(12)
     warehouse_path = tmp_path / "warehouse.db"
     warehouse = sqlite3.connect(warehouse_path, isolation_level=None)
@@ -131,7 +127,6 @@ def test_scheduler_runs_three_intervals_with_changes_between_them(tmp_path):
     assert [m["traits"]["plan"] for m in upgraded] == ["free", "pro"]
     assert write_key not in logs
     assert "sync_customers" in logs  # the task logs were read
-    assert time.monotonic() - started < BUDGET_S
 
 
 def _next_run(airflow: AirflowDeployment, done: list[dict]) -> dict | None:

@@ -55,7 +55,7 @@ from uuid import UUID
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected
 from airflow_provider_segment_profiles.actions.timestamps import format_date, format_datetime, format_time
-from airflow_provider_segment_profiles.pipeline.driver_values import UnreadableValue
+from airflow_provider_segment_profiles.common.unreadable import UnreadableValue
 
 #: Largest integer JavaScript represents exactly (``Number.MAX_SAFE_INTEGER``).
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -48,10 +48,13 @@ from airflow_provider_segment_profiles.actions.value_forms import (
     join_path,
     parse_field_form,
 )
-from airflow_provider_segment_profiles.pipeline.modes import MODES, SYNC_MODES, get_mode
+from airflow_provider_segment_profiles.common.changes import (
+    DEFAULT_TRIGGER,
+    SYNC_MODES,
+    TRIGGER_RULES,
+    TRIGGERS,
+)
 
-TRIGGERS = ("added", "updated", "added_or_updated", "deleted")
-DEFAULT_TRIGGER = "added_or_updated"
 CHANGES = ("added", "updated", "deleted")
 #: "Actions-based destinations have a limit of 50 individual mappings" (segment-docs
 #: ``src/connections/destinations/actions.md``).
@@ -131,7 +134,8 @@ class CompiledMapping:
         self._star_forms = star_forms
         self._definition = definition
         # An unknown sync_mode is reported by compile_mappings; the mapping is still checked for its own problems.
-        self._changes = get_mode(sync_mode).changes_selected(trigger) if sync_mode in MODES else frozenset()
+        rules = TRIGGER_RULES.get(sync_mode)
+        self._changes = rules.changes[trigger] if rules is not None else frozenset()
 
     def __repr__(self) -> str:
         return f"CompiledMapping(name={self.name!r}, action={self.action!r}, trigger={self.trigger!r})"
@@ -374,7 +378,8 @@ class _MappingCompiler:
                 f"unknown trigger {trigger!r}{_suggest(trigger, TRIGGERS)} (one of {', '.join(TRIGGERS)})",
             )
             return None
-        unfit = get_mode(self.sync_mode).unfit_triggers if self.sync_mode in MODES else {}
+        rules = TRIGGER_RULES.get(self.sync_mode)
+        unfit = rules.unfit if rules is not None else {}
         if trigger in unfit:
             why = unfit[trigger]
             self.report(

@@ -46,7 +46,7 @@ from airflow_provider_segment_profiles.actions.value_forms import (
     iter_star_forms,
     parse_json_text,
 )
-from airflow_provider_segment_profiles.delivery.limits import MAX_MESSAGE_BYTES
+from airflow_provider_segment_profiles.common.segment_limits import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.actions.registry import ActionSpec, FieldSpec

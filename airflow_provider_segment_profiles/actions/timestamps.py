@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from airflow_provider_segment_profiles.actions.errors import FieldRejected
-from airflow_provider_segment_profiles.pipeline.driver_values import UnreadableValue
+from airflow_provider_segment_profiles.common.unreadable import UnreadableValue
 
 #: Epoch numbers at or above this magnitude are milliseconds, below it seconds. 1e11 seconds is the year
 #: 5138, while 1e11 milliseconds is 1973-03-03, so only millisecond values before March 1973 are misread.

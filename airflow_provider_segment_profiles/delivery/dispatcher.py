@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_segment_profiles.common.outcomes import Outcome
 from airflow_provider_segment_profiles.delivery.limits import (
     DEFAULT_MAX_IN_FLIGHT,
     MAX_BATCH_ITEM_BYTES,
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.rate_limit import TokenBucket
     from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
 
-DELIVERED, REJECTED, FAILED = "delivered", "rejected", "failed"
-
 
 @dataclass(slots=True)
 class Completion:
@@ -28,12 +27,12 @@ class Completion:
     slow to create, and one is created per message).
 
     :param ref: the caller's reference given to :meth:`Dispatcher.add`.
-    :param outcome: ``"delivered"``, ``"rejected"`` or ``"failed"``.
+    :param outcome: delivered, rejected or failed.
     :param reason: why it was not delivered (empty when delivered).
     """
 
     ref: Any
-    outcome: str
+    outcome: Outcome
     reason: str = ""
 
 
@@ -158,7 +157,9 @@ class Dispatcher:
             refs = self._futures.pop(future)
             result = future.result()
             self.requests += result.requests
-            completions.extend([Completion(refs[i], DELIVERED) for i in result.delivered])
-            completions.extend([Completion(refs[p.index], REJECTED, p.reason) for p in result.rejected])
-            completions.extend([Completion(refs[p.index], FAILED, p.reason) for p in result.failed])
+            completions.extend([Completion(refs[i], Outcome.DELIVERED) for i in result.delivered])
+            completions.extend(
+                [Completion(refs[p.index], Outcome.REJECTED, p.reason) for p in result.rejected]
+            )
+            completions.extend([Completion(refs[p.index], Outcome.FAILED, p.reason) for p in result.failed])
         return completions

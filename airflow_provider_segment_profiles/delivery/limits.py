@@ -1,4 +1,4 @@
-"""Segment's tracking API size limits and how messages are grouped into ``/v1/batch`` requests.
+"""How messages are grouped into ``/v1/batch`` requests within Segment's size limits (``common/segment_limits.py``).
 
 Source: https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#max-request-size
 ("There is a maximum of 32KB per call ... The batch API endpoint accepts a maximum of 500KB per request,
@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-#: Largest single message Segment accepts, in UTF-8 bytes of its compact JSON; analytics-python uses the same
-#: 32 << 10 bytes (``consumer.py`` ``MAX_MSG_SIZE``).
-MAX_MESSAGE_BYTES = 32 * 1024
-#: Most events Segment accepts in one ``/v1/batch`` request.
-MAX_BATCH_MESSAGES = 2500
-#: Budget for the sum of message sizes in one request, in bytes. Segment's limit is 500 KB for the whole
-#: body; like analytics-python (``BATCH_SIZE_LIMIT = 475000``) we keep 25,000 bytes for the envelope
-#: (``{"batch":[...],"sentAt":...}``, commas).
-MAX_BATCH_ITEM_BYTES = 475_000
+from airflow_provider_segment_profiles.common.segment_limits import (
+    MAX_BATCH_ITEM_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_MESSAGE_BYTES,
+)
+
+__all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "MAX_BATCH_ITEM_BYTES",
+    "MAX_BATCH_MESSAGES",
+    "MAX_MESSAGE_BYTES",
+    "plan_requests",
+]
+
 #: Default number of ``/v1/batch`` requests in flight. Round trips to the tracking API from a cloud worker
 #: take tens to hundreds of milliseconds; 16 requests of 500 events keep a sync above 80% of its
 #: zero-latency throughput at 100 ms (docs/benchmarks.md, "Latency hiding"), far below Segment's

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
 from airflow.sdk import BaseHook
@@ -30,6 +30,7 @@ from airflow_provider_segment_profiles.delivery.retry import (
     RetryPolicy,
     parse_retry_after,
 )
+from airflow_provider_segment_profiles.exceptions import ConfigurationError, HookClosedError
 from airflow_provider_segment_profiles.hooks.regions import DEFAULT_REGION, base_url_for_region
 
 if TYPE_CHECKING:
@@ -38,6 +39,56 @@ if TYPE_CHECKING:
 #: Requests a top-level request may add while splitting itself to isolate the messages Segment refuses.
 MAX_SPLIT_REQUESTS = 64
 _ERROR_BODY_CHARS = 500
+
+
+class ConnectionSettings(NamedTuple):
+    """
+    What the hook reads from its connection, once.
+
+    :param write_key: the write key of the Profile Space's source (never logged: see the class docstring).
+    :param region: ``north_america`` or ``europe``, lower case.
+    :param base_url: the tracking API's base URL, ending in ``/v1`` (the region's, or the Host override).
+    :param gzip: whether request bodies are compressed.
+    """
+
+    write_key: str
+    region: str
+    base_url: str
+    gzip: bool
+
+
+class Attempt(NamedTuple):
+    """
+    One HTTP request of a ``/v1/batch`` POST, before any retry decision.
+
+    :param status: the HTTP status, or ``None`` when no response came (connection error, timeout).
+    :param reason: why it did not deliver, without the write key (``""`` when it did).
+    :param retry_after_s: the 429 answer's ``Retry-After``, in seconds, when it gave one.
+    """
+
+    status: int | None
+    reason: str
+    retry_after_s: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class BatchOutcome(NamedTuple):
+    """
+    What became of one ``/v1/batch`` POST after the retry policy ran.
+
+    :param delivered: whether Segment answered 2xx.
+    :param status: the last HTTP status, or ``None`` when the last attempt got no response.
+    :param reason: why it failed (``""`` when delivered).
+    :param requests: HTTP requests made, retries included.
+    """
+
+    delivered: bool
+    status: int | None
+    reason: str
+    requests: int
 
 
 class SegmentProfilesHook(BaseHook):
@@ -135,8 +186,8 @@ class SegmentProfilesHook(BaseHook):
 
     # -- connection ----------------------------------------------------------------------------------
     @cached_property
-    def _settings(self) -> tuple[str, str, str, bool]:
-        """``(write_key, region, base_url, gzip)`` read once from the connection."""
+    def _settings(self) -> ConnectionSettings:
+        """What the connection says, read once."""
         from airflow.sdk.log import mask_secret
 
         conn = self.get_connection(self.segment_profiles_conn_id)
@@ -150,12 +201,12 @@ class SegmentProfilesHook(BaseHook):
         host = (conn.host or "").strip()
         base_url = _normalise_host(host, conn.port) if host else region_url
         use_gzip = self._gzip if self._gzip is not None else _truthy(extra.get("gzip", False))
-        return write_key, region.strip().lower(), base_url, use_gzip
+        return ConnectionSettings(write_key, region.strip().lower(), base_url, use_gzip)
 
     @property
     def region(self) -> str:
         """Endpoint region of the connection: ``north_america`` or ``europe``."""
-        return self._settings[1]
+        return self._settings.region
 
     @property
     def base_url(self) -> str:
@@ -164,7 +215,7 @@ class SegmentProfilesHook(BaseHook):
 
         :raises UnknownRegionError: when the connection's region is not one Segment has.
         """
-        return self._settings[2]
+        return self._settings.base_url
 
     @property
     def destination_id(self) -> str:
@@ -178,7 +229,8 @@ class SegmentProfilesHook(BaseHook):
         https://segment.com/docs/guides/regional-segment/). The Host is left out: a proxy in front of the
         same region is the same destination.
         """
-        write_key, region, _, _ = self._settings
+        settings = self._settings
+        write_key, region = settings.write_key, settings.region
         material = f"{region}\n{write_key}".encode("utf-8", "surrogatepass")
         return hashlib.blake2b(material, key=b"segment-profiles-destination", digest_size=8).hexdigest()
 
@@ -207,19 +259,24 @@ class SegmentProfilesHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """Pooled HTTP session with the auth and content headers set."""
-        write_key = self._settings[0]
+        """
+        Pooled HTTP session with the auth and content headers set.
+
+        :raises ConfigurationError: when the connection has no write key or a malformed one.
+        :raises HookClosedError: after :meth:`close`.
+        """
+        write_key = self._settings.write_key
         if not write_key.strip():
-            raise ValueError(
+            raise ConfigurationError(
                 f"Connection {self.segment_profiles_conn_id!r} has no write key: put the write key of the "
                 "Profile Space's source in the connection's Write Key (password) field."
             )
         # Segment answers 200 to a malformed key and drops the events, so refuse it before sending.
         problem = _write_key_problem(write_key)
         if problem:
-            raise ValueError(f"Connection {self.segment_profiles_conn_id!r}: {problem}")
+            raise ConfigurationError(f"Connection {self.segment_profiles_conn_id!r}: {problem}")
         if getattr(self, "_closed", False):
-            raise RuntimeError(f"SegmentProfilesHook({self.segment_profiles_conn_id!r}) was closed")
+            raise HookClosedError(f"SegmentProfilesHook({self.segment_profiles_conn_id!r}) was closed")
         session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size))
         session.mount("http://", adapter)
@@ -231,7 +288,7 @@ class SegmentProfilesHook(BaseHook):
                 "User-Agent": f"airflow-provider-segment-profiles/{__version__}",
             }
         )
-        if self._settings[3]:
+        if self._settings.gzip:
             session.headers["Content-Encoding"] = "gzip"
         return session
 
@@ -323,11 +380,10 @@ class SegmentProfilesHook(BaseHook):
         first: bool,
     ) -> None:
         policy = self.retry_policy if first else _split_policy(self.retry_policy)
-        ok, status, reason, requests_made = self._post_batch(
-            [items[i] for i in indexes], policy, rate_limiter
-        )
-        result.requests += requests_made
-        if ok:
+        outcome = self._post_batch([items[i] for i in indexes], policy, rate_limiter)
+        result.requests += outcome.requests
+        status, reason = outcome.status, outcome.reason
+        if outcome.delivered:
             result.delivered.extend(indexes)
             return
         # A refusal with an HTTP status may be caused by one message; a network failure is not.
@@ -346,52 +402,43 @@ class SegmentProfilesHook(BaseHook):
 
     def _post_batch(
         self, items: list[bytes], policy: RetryPolicy, rate_limiter: TokenBucket | None
-    ) -> tuple[bool, int | None, str, int]:
+    ) -> BatchOutcome:
         """
-        POST one ``/v1/batch`` request with retries.
-
-        :return: ``(delivered, last HTTP status or None, failure reason, requests made)``.
+        POST one ``/v1/batch`` request, retried as ``policy`` allows: 429 and 5xx answers and network
+        failures are retried with backoff (a 429's ``Retry-After`` first), other statuses are not.
         """
         url = f"{self.base_url}/batch"
         session = self.session
         send_settings = self._send_settings(session, url)
         started = self._clock()
-        attempt = 0
+        attempt_number = 0
         while True:
-            attempt += 1
+            attempt_number += 1
             if rate_limiter is not None:
                 rate_limiter.acquire(len(items))
-            body = _batch_body(items)
-            if self._settings[3]:
-                body = gzip_module.compress(body, compresslevel=6)
-            wait: float | None = None
-            status: int | None = None
-            try:
-                # What session.post() does, minus reading the proxy and CA settings of the environment
-                # again for every request (a quarter of the client's CPU per request; docs/benchmarks.md).
-                prepared = session.prepare_request(requests.Request("POST", url, data=body))
-                response = session.send(prepared, timeout=self.timeout, allow_redirects=True, **send_settings)
-            except (requests.ConnectionError, requests.Timeout) as err:
-                reason = self._redact(f"{type(err).__name__} talking to {_without_userinfo(url)}")
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return True, status, "", attempt
-                reason = self._redact(f"HTTP {status} from Segment: {_error_body(response)}")
-                if status not in RETRYABLE_STATUSES:
-                    self.log.warning("Segment refused %d messages: %s (not retried)", len(items), reason)
-                    return False, status, reason, attempt
-                if status == 429:
-                    wait = parse_retry_after(response.headers)
-                    if wait is not None:
-                        wait = min(wait, policy.max_retry_after_s)
-            if attempt >= policy.max_attempts:
+            attempt = self._attempt(session, url, items, send_settings)
+            if attempt.delivered:
+                return BatchOutcome(True, attempt.status, "", attempt_number)
+            reason = attempt.reason
+            if attempt.status is not None and attempt.status not in RETRYABLE_STATUSES:
+                self.log.warning("Segment refused %d messages: %s (not retried)", len(items), reason)
+                return BatchOutcome(False, attempt.status, reason, attempt_number)
+            if attempt_number >= policy.max_attempts:
                 self.log.warning(
-                    "Giving up on %d messages after %d attempts: %s", len(items), attempt, reason
+                    "Giving up on %d messages after %d attempts: %s", len(items), attempt_number, reason
                 )
-                return False, status, f"{reason} (after {attempt} attempts)", attempt
-            if wait is None:
-                wait = policy.backoff_s(attempt, self._jitter) if self._jitter else policy.backoff_s(attempt)
+                return BatchOutcome(
+                    False, attempt.status, f"{reason} (after {attempt_number} attempts)", attempt_number
+                )
+            wait = attempt.retry_after_s
+            if wait is not None:
+                wait = min(wait, policy.max_retry_after_s)
+            else:
+                wait = (
+                    policy.backoff_s(attempt_number, self._jitter)
+                    if self._jitter
+                    else policy.backoff_s(attempt_number)
+                )
             if self._clock() - started + wait > policy.max_total_s:
                 self.log.warning(
                     "Giving up on %d messages: retrying in %.1f s would pass the %.0f s retry budget (%s)",
@@ -400,15 +447,42 @@ class SegmentProfilesHook(BaseHook):
                     policy.max_total_s,
                     reason,
                 )
-                return False, status, f"{reason} (retry budget of {policy.max_total_s:.0f} s spent)", attempt
+                return BatchOutcome(
+                    False,
+                    attempt.status,
+                    f"{reason} (retry budget of {policy.max_total_s:.0f} s spent)",
+                    attempt_number,
+                )
             self.log.info(
-                "Retrying %d messages in %.2f s (attempt %d): %s", len(items), wait, attempt, reason
+                "Retrying %d messages in %.2f s (attempt %d): %s", len(items), wait, attempt_number, reason
             )
             self._sleep(wait)
 
+    def _attempt(
+        self, session: requests.Session, url: str, items: list[bytes], send_settings: dict[str, Any]
+    ) -> Attempt:
+        """One HTTP request of a batch POST; never raises for an HTTP or network failure."""
+        body = _batch_body(items)
+        if self._settings.gzip:
+            body = gzip_module.compress(body, compresslevel=6)
+        try:
+            # What session.post() does, minus reading the proxy and CA settings of the environment
+            # again for every request (a quarter of the client's CPU per request; docs/benchmarks.md).
+            prepared = session.prepare_request(requests.Request("POST", url, data=body))
+            response = session.send(prepared, timeout=self.timeout, allow_redirects=True, **send_settings)
+        except (requests.ConnectionError, requests.Timeout) as err:
+            return Attempt(None, self._redact(f"{type(err).__name__} talking to {_without_userinfo(url)}"))
+        status = response.status_code
+        if 200 <= status < 300:
+            return Attempt(status, "")
+        reason = self._redact(f"HTTP {status} from Segment: {_error_body(response)}")
+        retry_after = parse_retry_after(response.headers) if status == 429 else None
+        return Attempt(status, reason, retry_after)
+
     def _redact(self, text: str) -> str:
         """``text`` without the write key or its Basic credentials (a proxy may echo them back)."""
-        key = self.__dict__.get("_settings", ("",))[0]
+        settings = self.__dict__.get("_settings")
+        key = settings.write_key if settings is not None else ""
         if key:
             text = text.replace(_basic_auth(key).removeprefix("Basic "), "***").replace(key, "***")
         return text
@@ -438,9 +512,10 @@ class SegmentProfilesHook(BaseHook):
         :return: ``(ok, message)``; never raises, never includes the write key.
         """
         try:
-            write_key, region, base_url, _ = self._settings
+            settings = self._settings
         except Exception as err:
             return False, _scrub(str(err), self)
+        write_key, region, base_url = settings.write_key, settings.region, settings.base_url
         problem = _write_key_problem(write_key)
         if problem:
             return False, problem

@@ -19,18 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.pipeline.records import ChangeKind
+from airflow_provider_segment_profiles.common.changes import SYNC_MODES, TRIGGER_RULES, ChangeKind
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.state.location import SyncState
-
-_UPSERTS = frozenset({ChangeKind.ADDED, ChangeKind.UPDATED})
-_BY_TRIGGER = {
-    "added": frozenset({ChangeKind.ADDED}),
-    "updated": frozenset({ChangeKind.UPDATED}),
-    "added_or_updated": _UPSERTS,
-    "deleted": frozenset({ChangeKind.DELETED}),
-}
 
 
 class SyncMode:
@@ -53,7 +45,7 @@ class SyncMode:
     """
 
     name = "diff"
-    unfit_triggers: Mapping[str, str] = {}
+    unfit_triggers: Mapping[str, str] = TRIGGER_RULES["diff"].unfit
     compares_with_state = True
     detects_deletions = True
     journals_sends = True
@@ -62,8 +54,8 @@ class SyncMode:
     tracks_mapping_changes = True
 
     def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
-        """The change kinds a mapping with ``trigger`` sends."""
-        return _BY_TRIGGER[trigger]
+        """The change kinds a mapping with ``trigger`` sends (``common/changes.py``)."""
+        return TRIGGER_RULES[self.name].changes[trigger]
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         """
@@ -107,7 +99,7 @@ class SyncMode:
         """The SQL and parameters the source runs (the model itself, except in incremental mode)."""
         return statement, parameters
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         """
         Write the snapshot the next run compares against to ``destination``.
 
@@ -124,10 +116,7 @@ class IncrementalMode(SyncMode):
     """``incremental``: rows at or past the watermark, each an add; state is the watermark."""
 
     name = "incremental"
-    unfit_triggers = {
-        "updated": "incremental mode reads only new rows and counts each as added",
-        "deleted": "incremental mode reads only new rows and counts each as added",
-    }
+    unfit_triggers = TRIGGER_RULES["incremental"].unfit
     detects_deletions = False
     journals_sends = False
     uses_cursor = True
@@ -153,7 +142,7 @@ class IncrementalMode(SyncMode):
             return statement, parameters
         return with_watermark_filter(statement, cursor_column, watermark, parameters, hook)
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         if watermark_key is None:
             return None
         return store.write_incremental_snapshot(destination, watermark_key)
@@ -163,15 +152,12 @@ class FullMode(SyncMode):
     """``full``: every row to every non-``deleted`` mapping, every run; no state is compared."""
 
     name = "full"
-    unfit_triggers = {"deleted": "full mode keeps no snapshot, so it cannot detect deleted records"}
+    unfit_triggers = TRIGGER_RULES["full"].unfit
     compares_with_state = False
     detects_deletions = False
     journals_sends = False
     retries_rejected = False
     tracks_mapping_changes = False
-
-    def changes_selected(self, trigger: str) -> frozenset[ChangeKind]:
-        return frozenset() if trigger == "deleted" else _UPSERTS
 
     def classify(self, known: bool, held: int | None, checksum: int, uncertain: bool) -> ChangeKind:
         return ChangeKind.ADDED
@@ -179,13 +165,15 @@ class FullMode(SyncMode):
     def change_token(self, checksum_hex: str, version: int) -> str:
         return checksum_hex
 
-    def snapshot_to_commit(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
+    def write_snapshot(self, store: Any, destination: Any, watermark_key: Any) -> int | None:
         return None
 
 
 #: Every sync mode by its ``sync_mode`` name.
 MODES: dict[str, SyncMode] = {mode.name: mode for mode in (DiffMode(), IncrementalMode(), FullMode())}
-SYNC_MODES = tuple(MODES)
+if tuple(MODES) != SYNC_MODES:  # the trigger table of common/changes.py and the strategies must agree
+    raise ImportError(f"sync modes {tuple(MODES)} do not match common.changes.SYNC_MODES {SYNC_MODES}")
+__all__ = ["MODES", "SYNC_MODES", "SyncMode", "get_mode"]
 
 
 def get_mode(name: str) -> SyncMode:

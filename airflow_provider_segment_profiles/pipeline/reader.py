@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlparse
 
-from airflow_provider_segment_profiles.exceptions import ModelQueryError
+from airflow_provider_segment_profiles.exceptions import ModelQueryError, ModelReaderClosed
 from airflow_provider_segment_profiles.pipeline import db_errors
 from airflow_provider_segment_profiles.pipeline.driver_values import install_safe_loaders
 
@@ -210,10 +210,6 @@ class ModelReader:
                 # Closing after a kill or a broken connection: nothing more to do.
                 with contextlib.suppress(Exception):
                     closeable.close()
-
-
-class ModelReaderClosed(RuntimeError):
-    """Rows were asked for after :meth:`ModelReader.close`."""
 
 
 def _decode_sqlite_text(raw: bytes) -> str:

@@ -11,36 +11,17 @@ plain tuple costs, and its fields have names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Any, NamedTuple
+
+from airflow_provider_segment_profiles.common.changes import ChangeKind
+from airflow_provider_segment_profiles.common.outcomes import Outcome
+
+__all__ = ["Change", "ChangeKind", "MessageRef", "Outcome", "Record", "new"]
 
 #: ``new(RecordType, (field, ...))`` builds a record without the Python-level ``__new__`` a ``NamedTuple``
 #: generates (no defaults are filled in: give every field). The per-record stages use it; a call of the
 #: generated ``__new__`` costs a Python frame per record (``docs/benchmarks.md``).
 new = tuple.__new__
-
-
-class ChangeKind(StrEnum):
-    """What happened to a record since the last committed state (Reverse ETL's standard terms)."""
-
-    ADDED = "added"
-    UPDATED = "updated"
-    DELETED = "deleted"
-    UNCHANGED = "unchanged"
-
-
-class Outcome(StrEnum):
-    """
-    What became of one message a mapping selected: ``delivered`` (Segment answered 2xx, or a dry run wrote
-    it), ``rejected`` (bad data: it could not become a valid call, or is too large), ``failed`` (it could
-    not be delivered: a 4xx or the retries ran out), ``skipped`` (the record had nothing to send through
-    the mapping: nothing was sent, and it is not bad data).
-    """
-
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 class Record(NamedTuple):

@@ -334,7 +334,7 @@ class WorkerChangeDetector:
     def snapshot_to_commit(self, workdir: Path, watermark: Any) -> tuple[Path | None, int]:
         """Write the mode's snapshot for the next run to ``workdir/next.sqlite``."""
         destination = workdir / "next.sqlite"
-        count = self.mode.snapshot_to_commit(
+        count = self.mode.write_snapshot(
             self.store, destination, sort_key(watermark) if watermark is not None else None
         )
         return (None, 0) if count is None else (destination, count)

@@ -17,6 +17,7 @@ from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_segment_profiles import __version__
+from airflow_provider_segment_profiles.actions.message_id import destination_scope
 from airflow_provider_segment_profiles.delivery.limits import (
     DEFAULT_MAX_IN_FLIGHT,
     MAX_BATCH_ITEM_BYTES,
@@ -181,6 +182,17 @@ class SegmentProfilesHook(BaseHook):
         write_key, region, _, _ = self._settings
         material = f"{region}\n{write_key}".encode("utf-8", "surrogatepass")
         return hashlib.blake2b(material, key=b"segment-profiles-destination", digest_size=8).hexdigest()
+
+    @property
+    def message_id_scope(self) -> bytes:
+        """
+        The scope mixed into derived message ids
+        (:func:`~airflow_provider_segment_profiles.actions.message_id.destination_scope` of the write key):
+        Segment de-duplicates ``messageId`` across every source and workspace
+        (https://segment.com/docs/guides/duplicate-data/), so ids must differ per destination. Only hashed
+        into ids; never logged, returned in a summary or stored.
+        """
+        return destination_scope(self._settings[0])
 
     @cached_property
     def session(self) -> requests.Session:

@@ -707,8 +707,12 @@ class DirectRunner:
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def rel_emulator() -> Iterable[SegmentEmulator]:
-    """A running emulator accepting :data:`WRITE_KEY`."""
-    with SegmentEmulator(write_key=WRITE_KEY) as emulator:
+    """
+    A running emulator accepting :data:`WRITE_KEY`, recording every copy it accepts: these tests count
+    what the product sent (a resent batch included) and apply Segment's de-duplication themselves
+    (:class:`SegmentView`), so the emulator's own de-duplication is off.
+    """
+    with SegmentEmulator(write_key=WRITE_KEY, deduplicate=False) as emulator:
         yield emulator
 
 

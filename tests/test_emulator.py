@@ -30,6 +30,10 @@ KEY = "abc123"
 BASIC = "Basic YWJjMTIzOg=="  # base64("abc123:"), the example in Segment's HTTP API doc
 
 
+def basic(write_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+
+
 def compact_size(obj: object) -> int:
     return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
 
@@ -359,13 +363,99 @@ def test_batch_context_integrations_and_sent_at_apply_to_items(emu):
     assert emu.messages[1]["context"]["ip"] == "10.0.0.1"  # items do not share the merged dict
 
 
-def test_duplicates_are_recorded_not_deduplicated(emu):
+def test_duplicates_are_recorded_when_deduplication_is_off():
+    with SegmentEmulator(write_key=KEY, deduplicate=False) as emu:
+        for _ in range(2):
+            post(emu, {"batch": [identify(messageId="m-1"), identify(messageId="m-2")]})
+        post(emu, {"batch": [identify(messageId="m-1"), identify()]})
+        assert emu.message_count == 6
+        assert emu.message_ids() == {"m-1": 3, "m-2": 2}
+        assert emu.duplicate_message_ids() == {"m-1": 3, "m-2": 2}
+        assert emu.dropped == []
+
+
+def test_duplicates_are_dropped_like_segment_does(emu):
     for _ in range(2):
-        post(emu, {"batch": [identify(messageId="m-1"), identify(messageId="m-2")]})
-    post(emu, {"batch": [identify(messageId="m-1"), identify()]})
-    assert emu.message_count == 6
-    assert emu.message_ids() == {"m-1": 3, "m-2": 2}
-    assert emu.duplicate_message_ids() == {"m-1": 3, "m-2": 2}
+        assert post(emu, {"batch": [identify(messageId="m-1"), identify(messageId="m-2")]}).json() == {
+            "success": True
+        }
+    post(emu, {"batch": [identify(messageId="m-1"), identify(), identify()]})
+    assert emu.message_count == 4  # m-1, m-2 and the two without an id (Segment assigns one to each)
+    assert emu.duplicate_message_ids() == {}
+    assert emu.dropped_counts() == {"duplicate_message_id": 3}
+    assert [r.accepted for r in emu.requests] == [2, 0, 2]
+    emu.reset()
+    post(emu, {"batch": [identify(messageId="m-1")]})
+    assert emu.message_count == 1 and emu.dropped == []
+
+
+def test_deduplication_spans_every_write_key():
+    """Segment's de-duplication "is not scoped to a specific source or a workspace" (duplicate-data guide):
+    the same id sent to a second write key is dropped there."""
+    with SegmentEmulator(write_key="staging", write_keys=["production"]) as emu:
+        body = {"batch": [identify("u1", messageId="same-id"), identify("u2", messageId="staging-only")]}
+        post(emu, body, auth=basic("staging"))
+        post(emu, {"batch": [identify("u1", messageId="same-id")]}, auth=basic("production"))
+        assert [m["messageId"] for m in emu.messages_for("staging")] == ["same-id", "staging-only"]
+        assert emu.messages_for("production") == []
+        (drop,) = emu.dropped
+        assert drop.reason == "duplicate_message_id" and drop.message["userId"] == "u1"
+
+
+def test_concurrent_copies_of_one_id_are_accepted_once(emu):
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: post(emu, {"batch": [identify(messageId="race")]}), range(16)))
+    assert {r.status_code for r in replies} == {200}
+    assert emu.message_count == 1 and len(emu.dropped) == 15
+
+
+def _traits(count: int) -> dict:
+    return {f"t{i}": i for i in range(count)}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (identify(traits=_traits(300)), "too_many_traits"),
+        ({"type": "group", "userId": "u", "groupId": "g", "traits": _traits(301)}, "too_many_traits"),
+        ({"type": "track", "userId": "u", "event": "E", "properties": _traits(301)}, "too_many_properties"),
+        ({"type": "group", "userId": "u", "groupId": "g" * 501}, "group_id_too_long"),
+        (identify(groupId="g" * 501), "group_id_too_long"),
+        (identify(messageId="m" * 101), "message_id_too_long"),
+        ({"type": "group", "userId": "u", "groupId": ""}, "group_id_not_defined"),
+        (
+            {"type": "track", "userId": "u", "event": "E", "context": {"groupId": ""}},
+            "context_group_id_empty",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_unify_ingestion_rules_drop_with_200(emu, message, reason):
+    """segment-docs src/unify/profile-api-limits.md: answered 200, then lost; valid siblings are kept."""
+    reply = post(emu, {"batch": [message, identify("kept")]})
+    assert reply.status_code == 200 and reply.json() == {"success": True}
+    assert [m["userId"] for m in emu.messages] == ["kept"]
+    assert [d.reason.value for d in emu.dropped] == [reason]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        identify(traits=_traits(299)),
+        {"type": "group", "userId": "u", "groupId": "g" * 500, "traits": _traits(300)},
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "properties": _traits(300),
+            "context": {"groupId": "g"},
+        },
+        identify(messageId="m" * 100),
+    ],
+)
+def test_messages_at_the_unify_limits_are_kept(emu, message):
+    post(emu, {"batch": [message]})
+    assert emu.message_count == 1 and emu.dropped == []
 
 
 # -- faults -----------------------------------------------------------------------------------------

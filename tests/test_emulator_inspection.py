@@ -143,3 +143,24 @@ def test_cli_reports_a_messages_file_it_cannot_open(tmp_path):
     assert process.returncode == 1
     assert "could not start" in err and "No such file or directory" in err
     assert secret not in out + err
+
+
+def test_dropped_listing_shows_what_segment_would_lose(emu):
+    """``GET /dropped``: every message answered 200 and lost, with its reason; ``reason`` filters; no key."""
+    traits = {f"t{i}": i for i in range(300)}
+    post(emu, {"batch": [identify("u1", messageId="m-1"), identify("u2", traits=traits)]})
+    post(emu, {"batch": [identify("u1", messageId="m-1")]})
+    base = emu.url.removesuffix("/v1")
+    everything = requests.get(f"{base}/dropped", timeout=5)
+    assert everything.status_code == 200
+    body = everything.json()
+    assert body["count"] == 2
+    assert [(d["reason"], d["path"], d["message"]["userId"]) for d in body["dropped"]] == [
+        ("too_many_traits", "/v1/batch", "u2"),
+        ("duplicate_message_id", "/v1/batch", "u1"),
+    ]
+    assert KEY not in everything.text and BASIC not in everything.text
+    duplicates = requests.get(f"{base}/dropped?reason=duplicate_message_id", timeout=5).json()
+    assert duplicates["count"] == 1 and duplicates["dropped"][0]["message"]["messageId"] == "m-1"
+    bad = requests.get(f"{base}/dropped?userId=u1", timeout=5)
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"

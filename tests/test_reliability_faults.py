@@ -282,7 +282,7 @@ def test_the_api_going_down_mid_run_and_coming_back(rel_harness: DagHarness):
     # A request in flight when the server went away may have been accepted without a reply: one batch.
     assert delivered <= len(first_sent) <= delivered + 4
 
-    with SegmentEmulator(write_key=WRITE_KEY, port=port) as back:
+    with SegmentEmulator(write_key=WRITE_KEY, port=port, deduplicate=False) as back:  # as rel_emulator
         h.emulator = back
         second = h.run()
         assert second.state == "success"

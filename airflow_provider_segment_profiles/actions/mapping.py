@@ -229,11 +229,14 @@ class CompiledMapping:
                 )
         return problems
 
-    def bind(self, result_columns: Sequence[str]) -> RecordBuilder:
+    def bind(self, result_columns: Sequence[str], scope: bytes = b"") -> RecordBuilder:
         """
         Resolve every column reference to its position in the result.
 
         :param result_columns: the result's column names, in the order of each row's values.
+        :param scope: the destination's message-id scope
+            (:func:`~airflow_provider_segment_profiles.actions.message_id.destination_scope`); ``b""`` derives
+            unscoped ids.
         :return: a :class:`RecordBuilder` for rows of that result.
         :raises MappingConfigError: :meth:`check_columns` found problems.
         """
@@ -247,6 +250,7 @@ class CompiledMapping:
             forms=self._forms,
             result_columns=list(result_columns),
             primary_key=self.primary_key,
+            scope=scope,
         )
 
 

@@ -21,6 +21,12 @@ from airflow_provider_segment_profiles.actions.errors import (
     NothingToSend,
     RecordRejected,
 )
+from airflow_provider_segment_profiles.actions.ingestion_limits import (
+    MAX_IDENTIFY_TRAITS,
+    ingestion_problem,
+    needs_split,
+    split_identify,
+)
 from airflow_provider_segment_profiles.actions.json_values import (
     MISSING,
     coerce_to_nullable_string,
@@ -69,11 +75,15 @@ class BuiltMessage:
         :data:`MAX_MESSAGE_BYTES` long.
     :param warnings: what was changed to make the record sendable, e.g.
         ``"traits.score: nan is not a JSON number; sent as null"``.
+    :param parts: when the message had to be sent as several calls (an Identify over Engage's trait
+        limit, :mod:`.ingestion_limits`), the calls to send instead of it, in order; ``message`` is then the
+        whole message and ``encoded`` is empty. Empty otherwise.
     """
 
     message: dict[str, Any]
     encoded: bytes
     warnings: list[str] = field(default_factory=list)
+    parts: tuple[BuiltMessage, ...] = ()
 
 
 class SchemaMismatch(Exception):
@@ -245,6 +255,7 @@ class RecordBuilder:
         "_required",
         "_resolvers",
         "_spec",
+        "_splits_identify",
         "_upsert_prefix",
         "_width",
         "columns",
@@ -260,6 +271,7 @@ class RecordBuilder:
         forms: Sequence[tuple[str, Form]],
         result_columns: Sequence[str],
         primary_key: str,
+        scope: bytes = b"",
     ) -> None:
         index_of: dict[str, int] = {}
         for position, column in enumerate(result_columns):
@@ -269,8 +281,9 @@ class RecordBuilder:
         self._width = len(result_columns)
         self._primary_key_index = index_of.get(primary_key)
         self._build_message = MESSAGE_BUILDERS[spec.name]
-        self._upsert_prefix = message_id_prefix(fingerprint, "upsert")
-        self._deleted_prefix = message_id_prefix(fingerprint, "deleted")
+        self._splits_identify = spec.name == "send_identify"
+        self._upsert_prefix = message_id_prefix(fingerprint, "upsert", scope)
+        self._deleted_prefix = message_id_prefix(fingerprint, "deleted", scope)
         self._required = spec.required_fields
         base_values: dict[str, Any] = {}
         resolvers = []
@@ -346,23 +359,13 @@ class RecordBuilder:
                 key_text = primary_key if type(primary_key) is str else str(primary_key)
                 message_id = derive_message_id(prefix, checksum, key_text)
             message = self._build_message(values, message_id)
-            try:
-                encoded = encode_json_bytes(
-                    message,
-                    floats_checked=not self._check_floats and _floats_written_alike(self._read_values(row)),
-                )
-            except UnicodeEncodeError:
-                message = replace_unpaired_surrogates(message, "", warnings)
-                encoded = encode_json(message).encode("utf-8")
-            except (TypeError, ValueError):  # not expected: every value went through to_json_value
-                message = to_json_value(message, "", warnings)
-                try:
-                    encoded = encode_json(message).encode("utf-8")
-                except UnicodeEncodeError:
-                    message = replace_unpaired_surrogates(message, "", warnings)
-                    encoded = encode_json(message).encode("utf-8")
-            if len(encoded) > MAX_MESSAGE_BYTES:
-                _reject_oversize(message, len(encoded))
+            problem = ingestion_problem(message, self._splits_identify)
+            if problem is not None:
+                raise FieldRejected(*problem)
+            if self._splits_identify and needs_split(message):
+                return self._split(message, warnings)
+            floats_checked = not self._check_floats and _floats_written_alike(self._read_values(row))
+            message, encoded = _encode(message, floats_checked, warnings)
         except FieldRejected as exc:
             raise RecordRejected(self.mapping_name, str(primary_key), exc.field, exc.reason) from None
         except NothingToSend as exc:
@@ -372,6 +375,18 @@ class RecordBuilder:
                 self.mapping_name, str(primary_key), "record", f"a value could not be converted: {exc!r}"
             ) from exc
         return BuiltMessage(message, encoded, warnings)
+
+    def _split(self, message: dict[str, Any], warnings: list[str]) -> BuiltMessage:
+        """An Identify over Engage's trait limit, as several Identify calls (:func:`.split_identify`)."""
+        parts = []
+        for part in split_identify(message):
+            part, encoded = _encode(part, False, warnings)
+            parts.append(BuiltMessage(part, encoded, warnings))
+        warnings.append(
+            f"traits: {len(message['traits']):,} traits, and Engage rejects an Identify with 300 or more; sent "
+            f"as {len(parts)} Identify calls of at most {MAX_IDENTIFY_TRAITS} traits each"
+        )
+        return BuiltMessage(message, b"", warnings, tuple(parts))
 
     def _reject_on_schema(self, values: dict[str, Any]) -> None:
         errors = self._spec.schema_errors(values)
@@ -388,6 +403,32 @@ class RecordBuilder:
 
 
 _PLAIN_TYPES = frozenset({str, int, bool, type(None), datetime, date})
+
+
+def _encode(
+    message: dict[str, Any], floats_checked: bool, warnings: list[str]
+) -> tuple[dict[str, Any], bytes]:
+    """
+    ``(message, its compact UTF-8 JSON)``; the message is replaced by a copy when a value had to change to
+    be encoded (an unpaired surrogate).
+
+    :raises FieldRejected: the encoding is over :data:`MAX_MESSAGE_BYTES`.
+    """
+    try:
+        encoded = encode_json_bytes(message, floats_checked=floats_checked)
+    except UnicodeEncodeError:
+        message = replace_unpaired_surrogates(message, "", warnings)
+        encoded = encode_json(message).encode("utf-8")
+    except (TypeError, ValueError):  # not expected: every value went through to_json_value
+        message = to_json_value(message, "", warnings)
+        try:
+            encoded = encode_json(message).encode("utf-8")
+        except UnicodeEncodeError:
+            message = replace_unpaired_surrogates(message, "", warnings)
+            encoded = encode_json(message).encode("utf-8")
+    if len(encoded) > MAX_MESSAGE_BYTES:
+        _reject_oversize(message, len(encoded))
+    return message, encoded
 
 
 def _floats_written_alike(values: Sequence[Any]) -> bool:

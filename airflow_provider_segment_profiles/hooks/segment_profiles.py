@@ -17,6 +17,7 @@ from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_segment_profiles import __version__
+from airflow_provider_segment_profiles.actions.message_id import destination_scope
 from airflow_provider_segment_profiles.delivery.limits import (
     DEFAULT_MAX_IN_FLIGHT,
     MAX_BATCH_ITEM_BYTES,
@@ -256,6 +257,17 @@ class SegmentProfilesHook(BaseHook):
             region_host = base_url_for_region(self.region).partition("://")[2].partition("/")[0]
             text += f" (the connection's Host, in place of the {self.region} API {region_host})"
         return text
+
+    @property
+    def message_id_scope(self) -> bytes:
+        """
+        The scope mixed into derived message ids
+        (:func:`~airflow_provider_segment_profiles.actions.message_id.destination_scope` of the write key):
+        Segment de-duplicates ``messageId`` across every source and workspace
+        (https://segment.com/docs/guides/duplicate-data/), so ids must differ per destination. Only hashed
+        into ids; never logged, returned in a summary or stored.
+        """
+        return destination_scope(self._settings.write_key)
 
     @cached_property
     def session(self) -> requests.Session:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from airflow_provider_segment_profiles.actions import (
+    BuiltMessage,
     CompiledMapping,
     MessageSkipped,
     RecordBuilder,
@@ -121,9 +122,27 @@ class MessageFanout:
                     continue
                 if built.warnings:
                     accounting.warn(name, key, built.warnings)
+                if built.parts:
+                    self._send_parts(
+                        built, space, new(MessageRef, (key, name, kind, cursor_value)), add, settle
+                    )
+                    continue
                 message_id = None if sync_log is None else built.message.get("messageId")
                 completions = add(
                     space, built.encoded, new(MessageRef, (key, name, kind, cursor_value, message_id))
                 )
                 if completions:  # usually empty: most messages only join a batch
                     settle(completions)
+
+    def _send_parts(self, built: BuiltMessage, space: str, ref: MessageRef, add: Add, settle: Settle) -> None:
+        """
+        Hand every part of a message sent as several calls to delivery. Each part is one message the mapping
+        selected (counted and settled on its own); any part not delivered marks the record as not delivered,
+        so the next run sends all of its parts again under the same ids and Segment drops the ones it holds.
+        """
+        self.accounting.mappings[ref.mapping].selected += len(built.parts) - 1
+        for part in built.parts:
+            message_id = None if self.sync_log is None else part.message["messageId"]
+            completions = add(space, part.encoded, ref._replace(message_id=message_id))
+            if completions:
+                settle(completions)

@@ -421,7 +421,8 @@ class SyncRun:
                 + "):\n- "
                 + "\n- ".join(problems)
             )
-        builders = {m.name: m.bind(columns) for m in self.mappings}
+        scopes = {conn_id: self._message_id_scope(conn_id) for conn_id in set(self.space_conn_ids.values())}
+        builders = {m.name: m.bind(columns, scopes[self.space_conn_ids[m.name]]) for m in self.mappings}
         used = sorted(
             set(range(len(columns)))
             if any(m.uses_all_columns for m in self.mappings)
@@ -430,6 +431,25 @@ class SyncRun:
         detector.bind(columns, used, "|".join(m.fingerprint for m in self.mappings))
         self._used_names = [columns[i] for i in used]
         return MessageFanout(self.mappings, builders, self.space_conn_ids, self.config.mode, accounting)
+
+    def _message_id_scope(self, conn_id: str) -> bytes:
+        """
+        The destination's message-id scope (``actions/message_id.py``). A dry run does not need its
+        connections; when one cannot be read its payloads carry unscoped ids (they are never sent).
+        """
+        hook = self.segment_hooks[conn_id]
+        if not self.config.dry_run:
+            return hook.message_id_scope
+        try:
+            return hook.message_id_scope
+        except Exception as err:  # the dry run goes on: only the ids of its written payloads differ
+            self.log.info(
+                "Dry run: connection %r could not be read (%s); message ids in the payloads are not "
+                "scoped to its destination",
+                conn_id,
+                type(err).__name__,
+            )
+            return b""
 
     def raise_if_cancelled(self) -> None:
         """:raises SyncCancelled: :meth:`cancel` was called."""

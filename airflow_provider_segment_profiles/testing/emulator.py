@@ -18,8 +18,22 @@ The behaviour follows Segment's public documentation:
 - Rate limits, https://segment.com/docs/connections/rate-limits/ : ``429`` with ``Retry-After`` and
   ``X-RateLimit-Reset``, which :meth:`SegmentEmulator.fail_next` reproduces on demand.
 - Duplicate data, https://segment.com/docs/guides/duplicate-data/ : Segment de-duplicates by
-  ``messageId`` downstream of the API. **The emulator does not**: every accepted copy is recorded, so a
-  test can count repeats with :meth:`SegmentEmulator.message_ids`.
+  ``messageId``, and "the message de-duplication is not scoped to a specific source or a workspace, and
+  applies to all events being received by Segment". So does the emulator, across every write key it
+  serves, for as long as it runs (Segment keeps at least 24 hours of ids; :meth:`SegmentEmulator.reset`
+  forgets them): a message whose ``messageId`` was accepted before, under any key, gets ``200`` and is
+  recorded in :attr:`SegmentEmulator.dropped` with reason ``duplicate_message_id``. Pass
+  ``deduplicate=False`` to record every copy instead (a test can then count repeats with
+  :meth:`SegmentEmulator.message_ids`).
+- Unify's ingestion rules, segment-docs ``src/unify/profile-api-limits.md`` ("Identity" table and "Unify
+  ingestion limitations"): "Engage rejects Identify events with 300 or more traits", and Unify "will
+  silently drop events if: The groupId has more than 500 characters. Events have more than 300
+  properties/traits. messageId is longer than 100 characters. The groupId is empty in a group call or
+  context.groupId is empty in a track call." Such a message gets ``200`` and is recorded in
+  :attr:`SegmentEmulator.dropped` (reasons ``too_many_traits``, ``too_many_properties``,
+  ``group_id_too_long``, ``message_id_too_long``, ``group_id_not_defined``, ``context_group_id_empty``;
+  the emulator's names, Segment does not publish codes for these). Traits and properties are counted as
+  the object's top-level keys.
 
 Choices made where the documentation is silent (each is a deliberate, tested behaviour):
 
@@ -54,10 +68,11 @@ Choices made where the documentation is silent (each is a deliberate, tested beh
   keys winning; batch-level ``sentAt`` is copied onto items that lack one. For single-message endpoints
   ``type`` is set from the path. ``writeKey`` is removed from recorded messages. Nothing else is added
   (no ``messageId``, ``receivedAt``): recorded messages are what the client sent.
-- Timestamps, ``messageId`` lengths and Protocols tracking plans are not checked.
+- Timestamps and Protocols tracking plans are not checked.
 
 Not part of Segment's API, for a person watching a run: ``GET /messages`` lists the accepted messages
-(filters ``userId`` and ``type``), and ``messages_file`` appends each accepted message to an NDJSON file as
+(filters ``userId`` and ``type``), ``GET /dropped`` the messages answered 200 and dropped, with the reason
+(filter ``reason``), and ``messages_file`` appends each accepted message to an NDJSON file as
 it arrives (:mod:`~airflow_provider_segment_profiles.testing.inspection`). Neither needs nor shows a write
 key.
 """
@@ -67,6 +82,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -85,7 +101,13 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from airflow_provider_segment_profiles.testing.inspection import MESSAGES_PATH, NdjsonWriter, list_messages
+from airflow_provider_segment_profiles.testing.inspection import (
+    DROPPED_PATH,
+    MESSAGES_PATH,
+    NdjsonWriter,
+    list_dropped,
+    list_messages,
+)
 from airflow_provider_segment_profiles.testing.profile_api import SPACES_PREFIX, ProfileApi, ProfileSpace
 
 log = logging.getLogger(__name__)
@@ -98,6 +120,13 @@ MAX_EVENT_BYTES = 32_768
 MAX_BATCH_EVENTS = 2_500
 #: Message types, each also served as ``/v1/<type>``.
 MESSAGE_TYPES = frozenset({"identify", "track", "group", "page", "screen", "alias"})
+#: Unify's ingestion limits (segment-docs ``src/unify/profile-api-limits.md``): an Identify with this many
+#: traits or more is rejected; other events with more traits/properties than the next are dropped, and so
+#: are ``groupId`` and ``messageId`` values longer than the last two.
+IDENTIFY_TRAITS_REJECTED_FROM = 300
+MAX_TRAITS_OR_PROPERTIES = 300
+MAX_GROUP_ID_CHARS = 500
+MAX_MESSAGE_ID_CHARS = 100
 
 _ENDPOINTS = frozenset({"batch", *MESSAGE_TYPES})
 _ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost"})
@@ -121,6 +150,13 @@ class DropReason(StrEnum):
     TRAITS_NOT_OBJECT = "traits_not_object"
     PROPERTIES_NOT_OBJECT = "properties_not_object"
     INVALID_TYPE = "invalid_type"
+    #: The emulator's names for what Segment drops without a published code (duplicate data, Unify's limits).
+    DUPLICATE_MESSAGE_ID = "duplicate_message_id"
+    TOO_MANY_TRAITS = "too_many_traits"
+    TOO_MANY_PROPERTIES = "too_many_properties"
+    GROUP_ID_TOO_LONG = "group_id_too_long"
+    MESSAGE_ID_TOO_LONG = "message_id_too_long"
+    CONTEXT_GROUP_ID_EMPTY = "context_group_id_empty"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +285,29 @@ def _drop_reason(message: dict[str, Any]) -> DropReason | None:
     properties = message.get("properties")
     if properties is not None and not isinstance(properties, dict):
         return DropReason.PROPERTIES_NOT_OBJECT
+    return _unify_drop_reason(message, kind, traits, properties)
+
+
+def _unify_drop_reason(
+    message: dict[str, Any], kind: str, traits: dict[str, Any] | None, properties: dict[str, Any] | None
+) -> DropReason | None:
+    """Unify's ingestion rules (module docstring): the reason a well-formed event is still dropped."""
+    if traits:
+        limit = IDENTIFY_TRAITS_REJECTED_FROM - 1 if kind == "identify" else MAX_TRAITS_OR_PROPERTIES
+        if len(traits) > limit:
+            return DropReason.TOO_MANY_TRAITS
+    if properties and len(properties) > MAX_TRAITS_OR_PROPERTIES:
+        return DropReason.TOO_MANY_PROPERTIES
+    group_id = message.get("groupId")
+    if isinstance(group_id, str) and len(group_id) > MAX_GROUP_ID_CHARS:
+        return DropReason.GROUP_ID_TOO_LONG
+    message_id = message.get("messageId")
+    if isinstance(message_id, str) and len(message_id) > MAX_MESSAGE_ID_CHARS:
+        return DropReason.MESSAGE_ID_TOO_LONG
+    if kind == "track":
+        context = message.get("context")
+        if isinstance(context, dict) and "groupId" in context and _blank(context["groupId"]):
+            return DropReason.CONTEXT_GROUP_ID_EMPTY
     return None
 
 
@@ -440,10 +499,13 @@ class _Handler(BaseHTTPRequestHandler):
             profile_api = self.server.emulator.profile_api
             self._reply(*profile_api.handle_get(self.path, self.headers.get("Authorization")))
             return
-        if path != MESSAGES_PATH:
+        if path == MESSAGES_PATH:
+            status, body = list_messages(self.server.emulator.messages, query)
+        elif path == DROPPED_PATH:
+            status, body = list_dropped(self.server.emulator.dropped, query)
+        else:
             self._not_allowed()
             return
-        status, body = list_messages(self.server.emulator.messages, query)
         self._reply(status, body)
 
     do_PUT = do_PATCH = do_DELETE = _not_allowed
@@ -587,6 +649,8 @@ class SegmentEmulator:
     :param host: ``127.0.0.1`` or ``localhost``; the server always binds to 127.0.0.1 only.
     :param port: TCP port; ``0`` (default) picks a free ephemeral port.
     :param strict: reply ``401`` to unknown write keys instead of Segment's ``200`` + silent drop.
+    :param deduplicate: drop a message whose ``messageId`` was accepted before under any write key, as
+        Segment does (default); ``False`` records every copy.
     :param latency: seconds added to every request (see :attr:`latency`).
     :param messages_file: a file to append every accepted message to, as NDJSON, while it runs (opened by
         :meth:`start`, closed by :meth:`stop`; :meth:`reset` does not empty it).
@@ -609,6 +673,7 @@ class SegmentEmulator:
         messages_file: str | os.PathLike[str] | None = None,
         profile_spaces: Iterable[ProfileSpace] = (),
         profile_visibility_delay: float = 0.0,
+        deduplicate: bool = True,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"SegmentEmulator only binds to 127.0.0.1 (or 'localhost'), not {host!r}")
@@ -624,6 +689,8 @@ class SegmentEmulator:
         self._write_keys = frozenset(keys)
         self._port = port
         self.strict = strict
+        self.deduplicate = deduplicate
+        self._accepted_ids: set[str] = set()
         self._latency = _check_seconds(latency, "latency")
         self._lock = threading.Lock()
         self._messages: list[dict[str, Any]] = []
@@ -749,6 +816,11 @@ class SegmentEmulator:
         """Snapshot of events answered with ``200`` but not accepted, with the reason."""
         with self._lock:
             return list(self._dropped)
+
+    def dropped_counts(self) -> Counter[str]:
+        """Count the dropped events per reason (the :class:`DropReason` value)."""
+        with self._lock:
+            return Counter(d.reason.value for d in self._dropped)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -884,6 +956,7 @@ class SegmentEmulator:
         with self._lock:
             self._messages.clear()
             self._by_key.clear()
+            self._accepted_ids.clear()
             self._dropped.clear()
             self._requests.clear()
         self.profile_api.reset()
@@ -1017,6 +1090,9 @@ class SegmentEmulator:
 
     def _record(self, request: RecordedRequest, outcome: _Outcome) -> None:
         with self._lock:
+            if outcome.accepted and self.deduplicate:
+                self._drop_duplicates(outcome, request.path)
+                request = dataclasses.replace(request, accepted=len(outcome.accepted))
             self._requests.append(request)
             if outcome.accepted:
                 self._messages.extend(outcome.accepted)
@@ -1026,3 +1102,20 @@ class SegmentEmulator:
                     self._messages_out.write(outcome.accepted)
             if outcome.dropped:
                 self._dropped.extend(outcome.dropped)
+
+    def _drop_duplicates(self, outcome: _Outcome, path: str) -> None:
+        """Move messages whose ``messageId`` was accepted before (any key) to the drops; under the lock."""
+        seen = self._accepted_ids
+        kept = []
+        for message in outcome.accepted:
+            message_id = message.get("messageId")
+            if not isinstance(message_id, str):  # Segment assigns an id to a message without one
+                kept.append(message)
+            elif message_id in seen:
+                if outcome.dropped is None:
+                    outcome.dropped = []
+                outcome.dropped.append(DroppedMessage(message, DropReason.DUPLICATE_MESSAGE_ID, path))
+            else:
+                seen.add(message_id)
+                kept.append(message)
+        outcome.accepted = kept

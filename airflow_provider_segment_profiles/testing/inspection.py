@@ -9,7 +9,14 @@ filter the list; a parameter given several times matches any of its values, and 
 
     GET /messages?userId=42&type=identify&type=track
 
-It needs no write key and never shows one: messages are recorded without their ``writeKey``, and nothing
+``GET /dropped`` answers ``{"count": n, "dropped": [{"reason", "path", "message"}, ...]}``: the messages
+Segment would have answered 200 and then lost (unknown write key, duplicate ``messageId``, Unify's ingestion
+rules, ...), in arrival order, so a DAG test against the emulator shows the loss. ``reason`` filters it
+(repeatable)::
+
+    GET /dropped?reason=duplicate_message_id&reason=too_many_traits
+
+Both need no write key and never show one: messages are recorded without their ``writeKey``, and nothing
 about the request's credentials is listed. It is not recorded in :attr:`SegmentEmulator.requests`, and no
 fault applies to it.
 """
@@ -27,6 +34,9 @@ from urllib.parse import parse_qs
 MESSAGES_PATH = "/messages"
 #: Query parameters that filter the listing.
 FILTERS = ("userId", "type")
+#: The drops' listing path, and its filter.
+DROPPED_PATH = "/dropped"
+DROPPED_FILTERS = ("reason",)
 
 
 def list_messages(messages: Iterable[dict[str, Any]], query: str) -> tuple[int, bytes]:
@@ -57,6 +67,28 @@ def list_messages(messages: Iterable[dict[str, Any]], query: str) -> tuple[int, 
         and (not types or message.get("type") in types)
     ]
     return 200, json.dumps({"count": len(selected), "messages": selected}).encode()
+
+
+def list_dropped(dropped: Iterable[Any], query: str) -> tuple[int, bytes]:
+    """
+    The reply to ``GET /dropped?<query>``.
+
+    :param dropped: the emulator's :class:`~.emulator.DroppedMessage` records, in arrival order.
+    :param query: the URL's query string, without ``?``.
+    :return: ``(status, JSON body)``: ``200`` with ``{"count", "dropped"}``, or ``400`` with ``{"code",
+        "message"}`` for a parameter other than ``reason``.
+    """
+    params = parse_qs(query, keep_blank_values=True)
+    if any(name not in DROPPED_FILTERS for name in params):
+        message = "only reason filters the listing of dropped messages"
+        return 400, json.dumps({"code": "invalid_request", "message": message}).encode()
+    reasons = set(params.get("reason", ()))
+    selected = [
+        {"reason": drop.reason.value, "path": drop.path, "message": drop.message}
+        for drop in dropped
+        if not reasons or drop.reason.value in reasons
+    ]
+    return 200, json.dumps({"count": len(selected), "dropped": selected}).encode()
 
 
 def _text(value: Any) -> str | None:

@@ -125,7 +125,7 @@ class Sandbox:
         self.dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rel_prop_")))
         self.warehouse = SqliteWarehouse(self.dir / "warehouse.db")
         stack.callback(self.warehouse.close)
-        self.emulator = stack.enter_context(SegmentEmulator(write_key=WRITE_KEY))
+        self.emulator = stack.enter_context(SegmentEmulator(write_key=WRITE_KEY, deduplicate=False))
         stack.enter_context(
             mock.patch.dict(
                 os.environ,

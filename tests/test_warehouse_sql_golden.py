@@ -210,7 +210,14 @@ def test_render_is_what_the_engine_runs_on_sqlite(tmp_path: Path) -> None:
     location = SimpleNamespace(root=root, journal=root / "journal")
     accounting = SimpleNamespace(records=Counter(), rows_read=0, reject_record=lambda *args: None)
     mode = SimpleNamespace(journals_sends=False, detects_deletions=True)
-    mapping = SimpleNamespace(uses_all_columns=True, columns=(), fingerprint="fp", name="m", trigger=None)
+    mapping = SimpleNamespace(
+        uses_all_columns=True,
+        columns=(),
+        fingerprint="fp",
+        name="m",
+        trigger=None,
+        check_columns=lambda columns: [],
+    )
     detector = WarehouseChangeDetector(
         mode=mode,
         hook=SimpleNamespace(get_conn=get_conn),

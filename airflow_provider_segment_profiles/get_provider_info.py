@@ -135,3 +135,15 @@ def get_provider_info() -> dict[str, Any]:
             },
         ],
     }
+
+
+def hook_field_behaviour(declared: dict[str, Any]) -> dict[str, Any]:
+    """
+    A connection type's ``ui-field-behaviour`` (the provider info's spelling) in the shape a hook's
+    ``get_ui_field_behaviour`` returns it (Airflow 3.1 reads the hook; 3.2+ reads the provider info).
+    """
+    return {
+        "hidden_fields": declared["hidden-fields"],
+        "relabeling": declared["relabeling"],
+        "placeholders": declared["placeholders"],
+    }

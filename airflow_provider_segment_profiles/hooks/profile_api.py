@@ -145,13 +145,12 @@ class SegmentProfileApiHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hidden, relabelled and placeholder fields of the connection form."""
-        from airflow_provider_segment_profiles.get_provider_info import PROFILE_API_UI_FIELD_BEHAVIOUR
+        from airflow_provider_segment_profiles.get_provider_info import (
+            PROFILE_API_UI_FIELD_BEHAVIOUR,
+            hook_field_behaviour,
+        )
 
-        return {
-            "hidden_fields": PROFILE_API_UI_FIELD_BEHAVIOUR["hidden-fields"],
-            "relabeling": PROFILE_API_UI_FIELD_BEHAVIOUR["relabeling"],
-            "placeholders": PROFILE_API_UI_FIELD_BEHAVIOUR["placeholders"],
-        }
+        return hook_field_behaviour(PROFILE_API_UI_FIELD_BEHAVIOUR)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:

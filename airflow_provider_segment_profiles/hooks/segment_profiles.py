@@ -150,13 +150,12 @@ class SegmentProfilesHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hidden, relabelled and placeholder fields of the connection form."""
-        from airflow_provider_segment_profiles.get_provider_info import UI_FIELD_BEHAVIOUR
+        from airflow_provider_segment_profiles.get_provider_info import (
+            UI_FIELD_BEHAVIOUR,
+            hook_field_behaviour,
+        )
 
-        return {
-            "hidden_fields": UI_FIELD_BEHAVIOUR["hidden-fields"],
-            "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
-            "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
-        }
+        return hook_field_behaviour(UI_FIELD_BEHAVIOUR)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:

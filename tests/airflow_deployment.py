@@ -1,10 +1,15 @@
 """Real Airflow components as subprocesses, for the browser and deployment tests.
 
-:class:`AirflowDeployment` owns a temporary ``AIRFLOW_HOME`` with its own SQLite metadata database, starts
+:class:`AirflowDeployment` owns a temporary ``AIRFLOW_HOME`` with its own metadata database, starts
 ``airflow api-server``, ``scheduler`` and ``dag-processor`` on loopback (each in its own process group, so
 stopping one also stops the task processes LocalExecutor forked from it), and talks to the REST API with a
 token from SimpleAuthManager (``simple_auth_manager_all_admins``: no login form). Every component it started
 is stopped when the ``with`` block ends, whether the test passed or not.
+
+The metadata database is a fresh PostgreSQL database on the test server (dropped at the end) whenever that
+server answers, as in a real deployment: several components writing one SQLite file at once made the
+REST API answer 500 "Database error" (SQLite's lock) while the scheduler wrote, which failed CI. SQLite is
+the fallback only where no PostgreSQL answers (a developer's laptop); CI always has PostgreSQL.
 
 The environment of the components is built from scratch: ``AIRFLOW_*`` variables of the test process
 (``tests/conftest.py`` points them at the suite's own home) are not inherited.
@@ -29,6 +34,12 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+
+#: The PostgreSQL server that holds each installation's metadata database (libpq conninfo; its ``dbname``
+#: is only where ``CREATE DATABASE`` runs).
+METADATA_SERVER_DSN = os.environ.get(
+    "SEGMENT_PROFILES_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
 
 #: Seconds a component may take to answer after it is started (the api-server imports all of Airflow).
 STARTUP_TIMEOUT_S = 90.0
@@ -88,13 +99,14 @@ class AirflowDeployment:
 
     def __init__(self, home: Path, dags_folder: Path, env: Mapping[str, str] | None = None) -> None:
         self.home = home
+        self._postgres_database: str | None = None
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         self.env.update(
             {
                 "AIRFLOW_HOME": str(home),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._metadata_database(home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -120,6 +132,42 @@ class AirflowDeployment:
         self.env.update(env or {})
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._token: str | None = None
+
+    def _metadata_database(self, home: Path) -> str:
+        """SQLAlchemy URL of a new PostgreSQL database for this installation, or of a SQLite file."""
+        try:
+            import psycopg
+        except ImportError:
+            return f"sqlite:///{home}/airflow.db"
+        name = f"airflow_deploy_{secrets.token_hex(6)}"
+        try:
+            with psycopg.connect(METADATA_SERVER_DSN, connect_timeout=3, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+        except psycopg.Error:
+            return f"sqlite:///{home}/airflow.db"
+        self._postgres_database = name
+        params = psycopg.conninfo.conninfo_to_dict(METADATA_SERVER_DSN)
+        return (
+            f"postgresql+psycopg2://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:"
+            f"{params.get('port', 5432)}/{name}"
+        )
+
+    @property
+    def metadata_backend(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``: what holds this installation's metadata."""
+        return "postgresql" if self._postgres_database else "sqlite"
+
+    def _drop_metadata_database(self) -> None:
+        if not self._postgres_database:
+            return
+        import psycopg
+
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(METADATA_SERVER_DSN, connect_timeout=3, autocommit=True) as conn,
+        ):
+            conn.execute(f"DROP DATABASE IF EXISTS {self._postgres_database} WITH (FORCE)")
+        self._postgres_database = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def __enter__(self) -> AirflowDeployment:
@@ -221,6 +269,7 @@ class AirflowDeployment:
         deadline = time.monotonic() + 10
         while any(_session_members(p.pid) for p in self._processes.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
+        self._drop_metadata_database()
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.log"

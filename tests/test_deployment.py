@@ -1,4 +1,4 @@
-"""A real deployment: Airflow's api-server, scheduler and dag-processor (LocalExecutor, SQLite metadata
+"""A real deployment: Airflow's api-server, scheduler and dag-processor (LocalExecutor, PostgreSQL metadata
 database) run ``tests/deployment_dags/segment_deployment_sync.py`` on its five-second schedule.
 
 Three scheduled runs, with the warehouse changed between them: each run waits at a gate until the test has

@@ -1,6 +1,6 @@
 """
 Recovery from the Trigger dialog's path and a mass delete that asks, on a real deployment: Airflow's
-api-server, scheduler and dag-processor (LocalExecutor, SQLite metadata database), the UI in headless
+api-server, scheduler and dag-processor (LocalExecutor, PostgreSQL metadata database), the UI in headless
 Chromium, the bundled emulator as Segment.
 
 - The shipped example ``example_dags/example_segment_profiles_assets.py`` runs on its schedule; its committed

@@ -81,7 +81,7 @@ def test_a_mapping_that_rejects_everything_fails_the_same_way(pg: DagHarness, ca
     run = h.run()
     assert run.state == "failed" and run.try_number == 1
     assert run.summary["messages"]["rejected"] == 200
-    assert "200 of 200 messages were rejected" in _log(capfd)
+    assert "200 of the 200 messages of the model are rejected" in _log(capfd)
 
 
 def test_rows_that_arrive_behind_the_watermark_are_counted_and_said(rel_harness: DagHarness, capfd):

@@ -111,15 +111,18 @@ def threshold_breach(
     """
     The Airflow exception to fail the task with when too many messages were not delivered, else ``None``.
 
-    Failed messages (transient: a retry sends only those) give ``AirflowException``; rejected ones (bad
-    data: a retry cannot help) give ``AirflowFailException``. Fractions are of the messages mappings
-    selected.
+    Failed messages (transient: a retry sends only those) give ``AirflowException``, as a fraction of the
+    messages mappings selected in this run. Rejected ones (bad data: a retry cannot help) give
+    ``AirflowFailException``, as a fraction of the messages the model holds (``rejected_judged`` of
+    ``messages_in_model``, :meth:`~..pipeline.accounting.SyncAccounting.rejection_basis`), so that one bad
+    record fails every run or none, whatever else changed.
     """
     selected = sum(m["delivered"] + m["rejected"] + m["failed"] for m in summary["mappings"].values())
     if not selected:
         return None
     messages = summary["messages"]
-    rejected_fraction = messages["rejected"] / selected
+    judged, in_model = summary["rejected_judged"], summary["messages_in_model"]
+    rejected_fraction = judged / in_model if in_model else 0.0
     failed_fraction = messages["failed"] / selected
     if failed_fraction > max_failed_fraction:
         return AirflowException(
@@ -129,7 +132,7 @@ def threshold_breach(
         )
     if rejected_fraction > max_rejected_fraction:
         return AirflowFailException(
-            f"{messages['rejected']} of {selected} messages were rejected ({rejected_fraction:.1%} > "
+            f"{judged} of the {in_model} messages of the model are rejected ({rejected_fraction:.1%} > "
             f"max_rejected_fraction {max_rejected_fraction:.1%}); delivered ones are committed. "
             f"Fix the data or mappings. Report: {summary['report_path']}"
         )

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from airflow_provider_segment_profiles.exceptions import AccountingMismatch
 
@@ -28,6 +28,20 @@ class MappingTally:
     rejected: int = 0
     failed: int = 0
     skipped: int = 0
+    #: Rejected messages of records an earlier run had rejected through this mapping too.
+    rejected_carried_over: int = 0
+
+
+class RejectionBasis(NamedTuple):
+    """
+    What ``max_rejected_fraction`` judges (``docs/operator.md``, "Thresholds").
+
+    :param rejected: rejected messages that count.
+    :param messages: the messages they are a fraction of.
+    """
+
+    rejected: int
+    messages: int
 
 
 @dataclass
@@ -66,6 +80,9 @@ class SyncAccounting:
         self.updated_every_mapping = 0
         #: Names of the mappings that send updated records (``None``: all); the others count none.
         self.updating_mappings: frozenset[str] | None = None
+        #: Names of the mappings that send added records: each record the model holds is one of their
+        #: messages (see :meth:`rejection_basis`); ``None`` until the run knows its mappings.
+        self.adding_mappings: frozenset[str] | None = None
         #: (outcome, mapping, field, reason with values masked) -> [count, first primary key, first reason]
         self._groups: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
 
@@ -146,6 +163,32 @@ class SyncAccounting:
             "failed": sum(t.failed for t in self.mappings.values()),
         }
 
+    def rejection_basis(self) -> RejectionBasis:
+        """
+        The rejected messages ``max_rejected_fraction`` judges, and the messages they are a fraction of,
+        chosen so that the same data gets the same verdict in every run, whatever else changed.
+
+        A record an earlier run rejected comes back every run (its mapping still owes the message) and is
+        rejected again until the data is fixed. For a mapping that sends added records, the judged
+        messages are therefore the ones the model holds: each live record (added, updated or unchanged now)
+        once, or this run's messages when there are more (an Identify sent in parts). Judged against this
+        run's messages alone, one bad record in 100 would be 1% in the first run and 100% in every quiet
+        run after it. A mapping that sends only updates or deletes sends events of this run: its
+        carried-over rejections counted in the run that first rejected them and do not count again.
+        """
+        live = self.records["added"] + self.records["updated"] + self.records["unchanged"]
+        adding = self.adding_mappings
+        rejected = messages = 0
+        for name, tally in self.mappings.items():
+            sent = tally.delivered + tally.rejected + tally.failed
+            if adding is not None and name in adding:
+                rejected += tally.rejected
+                messages += max(sent, live)
+            else:
+                rejected += tally.rejected - tally.rejected_carried_over
+                messages += sent - tally.rejected_carried_over
+        return RejectionBasis(rejected, messages)
+
     def reconcile(self) -> None:
         """
         Check that every record and message has exactly one outcome.
@@ -192,6 +235,9 @@ class SyncAccounting:
             "rejected_samples": list(self.rejected_samples),
             "failed_samples": list(self.failed_samples),
             "rejected_carried_over": self.rejected_carried_over,
+            # The messages max_rejected_fraction judges rejections against (see rejection_basis).
+            "messages_in_model": self.rejection_basis().messages,
+            "rejected_judged": self.rejection_basis().rejected,
             "problem_groups": self.problem_groups(),
             "warnings": self.warnings,
             "requests": self.requests,

@@ -71,6 +71,8 @@ class MessageFanout:
         self.kinds_sent = frozenset(kind for kind, targets in self._targets.items() if targets)
         #: Names of the mappings that send updated records.
         self.updating = frozenset(name for name, _, _ in self._targets[ChangeKind.UPDATED])
+        #: Names of the mappings that send added records.
+        self.adding = frozenset(name for name, _, _ in self._targets[ChangeKind.ADDED])
 
     def take_rejected(self) -> list[tuple[str, str, str]]:
         """``(unique identifier, mapping, kind)`` of upserts rejected since the last call (for state marks)."""
@@ -114,6 +116,7 @@ class MessageFanout:
                         rejected.append((key, name, kind))
                     if name in pending:
                         accounting.rejected_carried_over += 1
+                        tallies[name].rejected_carried_over += 1
                     continue
                 except MessageSkipped as skipped:
                     accounting.message(name, Outcome.SKIPPED, key, skipped.reason, skipped.field)

@@ -288,6 +288,7 @@ class SyncRun:
             columns = source.open()
             fanout = self._bind(source, detector, columns, accounting)
             accounting.updating_mappings = fanout.updating
+            accounting.adding_mappings = fanout.adding
             limiter = TokenBucket(config.max_events_per_second) if config.max_events_per_second else None
             dispatcher = Dispatcher(
                 self.segment_hooks,

@@ -127,7 +127,7 @@ class MessageFanout:
                     accounting.warn(name, key, built.warnings)
                 if built.parts:
                     self._send_parts(
-                        built, space, new(MessageRef, (key, name, kind, cursor_value)), add, settle
+                        built, space, new(MessageRef, (key, name, kind, cursor_value, None)), add, settle
                     )
                     continue
                 message_id = None if sync_log is None else built.message.get("messageId")

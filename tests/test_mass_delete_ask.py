@@ -116,7 +116,7 @@ def answering(h: DagHarness, choice: str | None) -> Iterator[Responder]:
 #: visible here instead of removed, so the day it is fixed the skip goes.
 WAREHOUSE_KNOWN_BUG = pytest.param(
     "warehouse",
-    marks=pytest.mark.skip(reason="known bug: on_mass_delete='ask' with the warehouse engine hangs"),
+    marks=(),
 )
 
 

@@ -111,15 +111,6 @@ def answering(h: DagHarness, choice: str | None) -> Iterator[Responder]:
         yield responder
 
 
-#: Known bug, open: with change_detection="warehouse" the run that asks never gets its answer in dag.test()
-#: (the test hangs), and in a real deployment the resumed try is refused by the execution API. Kept
-#: visible here instead of removed, so the day it is fixed the skip goes.
-WAREHOUSE_KNOWN_BUG = pytest.param(
-    "warehouse",
-    marks=(),
-)
-
-
 def _mass_delete(h: DagHarness) -> None:
     """Ten customers synced, then eight of them gone from the model and one new one."""
     wh = h.warehouse
@@ -130,7 +121,7 @@ def _mass_delete(h: DagHarness) -> None:
     insert_customers(wh, [11])
 
 
-@pytest.mark.parametrize("engine", ["worker", WAREHOUSE_KNOWN_BUG])
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
 def test_approve_sends_exactly_the_held_deletes(rel_harness: DagHarness, engine: str):
     h = rel_harness
     h.operator.update(change_detection=engine, on_mass_delete="ask")
@@ -161,7 +152,7 @@ def test_approve_sends_exactly_the_held_deletes(rel_harness: DagHarness, engine:
     assert after.summary["records"] == {"added": 0, "updated": 0, "deleted": 0, "unchanged": 3, "rejected": 0}
 
 
-@pytest.mark.parametrize("engine", ["worker", WAREHOUSE_KNOWN_BUG])
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
 def test_reject_keeps_the_deletes_held_and_the_next_run_asks_again(rel_harness: DagHarness, engine: str):
     h = rel_harness
     h.operator.update(change_detection=engine, on_mass_delete="ask")

@@ -8,11 +8,7 @@ from queue import SimpleQueue
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.common.outcomes import Outcome
-from airflow_provider_segment_profiles.delivery.limits import (
-    DEFAULT_MAX_IN_FLIGHT,
-    MAX_BATCH_ITEM_BYTES,
-    MAX_BATCH_MESSAGES,
-)
+from airflow_provider_segment_profiles.delivery.limits import MAX_BATCH_ITEM_BYTES, MAX_BATCH_MESSAGES
 from airflow_provider_segment_profiles.delivery.outcome import DeliveryResult
 
 if TYPE_CHECKING:
@@ -54,8 +50,8 @@ class Dispatcher:
     handed back to the calling thread, which keeps all bookkeeping single-threaded.
 
     :param hooks: Profile Space connection id -> hook sending to it.
-    :param batch_size: most messages per batch (<= 2,500).
-    :param max_in_flight: most requests in flight (>= 1).
+    :param batch_size: most messages per batch (<= 2,500; the run's ``SyncConfig.batch_size``).
+    :param max_in_flight: most requests in flight (>= 1; ``SyncConfig.max_requests_in_flight``).
     :param rate_limiter: shared token bucket in events per second, or ``None``.
     :param dry_run_sink: when given, messages are written to it as NDJSON instead of being sent, and count
         as delivered.
@@ -65,8 +61,8 @@ class Dispatcher:
         self,
         hooks: dict[str, SegmentProfilesHook],
         *,
-        batch_size: int = 500,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        batch_size: int,
+        max_in_flight: int,
         rate_limiter: TokenBucket | None = None,
         dry_run_sink: IO[bytes] | None = None,
     ) -> None:

@@ -16,6 +16,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_segment_profiles.exceptions import ConfigurationError
+from airflow_provider_segment_profiles.operators.airflow_errors import AirflowFailException
+from airflow_provider_segment_profiles.operators.summary import delete_guard_breach
+from airflow_provider_segment_profiles.pipeline.held_deletes import ApprovedDeletes
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
@@ -160,6 +163,87 @@ def answer(event: dict[str, Any]) -> Answer:
     user = event.get("responded_by_user") or {}
     by = user.get("name") or user.get("id") if isinstance(user, dict) else str(user)
     return Answer("approved" if chosen == [APPROVE] else "rejected", by)
+
+
+class Resumption(NamedTuple):
+    """
+    What an answered question leads to.
+
+    :param approved: the deletes to let through in a sync run again, or ``None`` (rejected).
+    :param summary: the asking run's summary with its ``mass_delete`` decision.
+    """
+
+    approved: ApprovedDeletes | None
+    summary: dict[str, Any]
+
+
+def resume(
+    held: dict[str, Any], event: dict[str, Any], task_id: str, timeout: timedelta | None, log: Any
+) -> Resumption:
+    """
+    The answer to the question about ``held`` (:func:`held_payload` with the asking run's ``summary``).
+
+    :raises AirflowFailException: no answer within ``timeout`` (as ``on_mass_delete="fail"``).
+    :raises ValueError: an answer this task did not offer (:func:`answer`).
+    """
+    decided = answer(event)
+    summary = held.pop("summary", None) or {}
+    if decided.choice == "timeout":
+        guard = delete_guard_breach(
+            {
+                "deletes_held": {
+                    "would_delete": held["count"],
+                    "committed_records": held["committed"],
+                    "max_deleted_fraction": held["limit"],
+                }
+            },
+            task_id,
+        )
+        raise AirflowFailException(
+            f"Delete guard: the mass-delete question was not answered within {timeout}; no delete was sent. "
+            f"{guard}"
+        )
+    summary["mass_delete"] = {"decision": decided.choice, "by": decided.by, "held": held["count"]}
+    if decided.choice == "rejected":
+        log.warning(
+            "Delete guard: %s rejected the %s deletes; none was sent. The records stay in the sync state, "
+            "so the next run finds them missing again.",
+            decided.by or "a human",
+            f"{held['count']:,}",
+        )
+        return Resumption(None, summary)
+    log.info("Delete guard: %s approved the %s deletes", decided.by or "a human", f"{held['count']:,}")
+    return Resumption(ApprovedDeletes.from_dict(held, decided.by), summary)
+
+
+def fail_or_ask(
+    operator: BaseOperator,
+    context: Context,
+    breach: Exception,
+    held: DeletesHeld | None,
+    approved: ApprovedDeletes | None,
+    summary: dict[str, Any],
+    timeout: timedelta | None,
+    dry_run: bool,
+) -> None:
+    """
+    End a run that breached a threshold: with deletes held and ``on_mass_delete="ask"``, ask (the task
+    waits); after an approval whose deletes no longer fit the model, fail saying so; else raise ``breach``.
+
+    :raises AirflowFailException: the approved deletes are not the records missing now.
+    :raises TaskAwaitingInput: (or ``TaskDeferred``) when it asks (:func:`ask`).
+    """
+    if held is not None and held.approval_mismatch and approved is not None:
+        raise AirflowFailException(
+            f"Delete guard: the deletes approved by {approved.approved_by or 'a human'} were for "
+            f"{approved.count:,} records, but this run finds {held.would_delete:,} missing from the "
+            "model, not the same ones (the model changed after the question); no delete was sent. The "
+            "next run asks again about the records missing then.\n" + str(breach)
+        )
+    if held is not None and operator.on_mass_delete == "ask" and not dry_run:
+        asked = question(operator.task_id, held, summary.get("state_generation"), timeout)
+        ask(operator, context, asked, {**held_payload(held), "summary": summary}, timeout)
+    raise breach
 
 
 def _duration(value: timedelta) -> str:

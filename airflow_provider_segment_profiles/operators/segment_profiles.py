@@ -13,66 +13,48 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow_provider_segment_profiles.actions import CompiledMapping, MappingConfigError, compile_mappings
 from airflow_provider_segment_profiles.delivery.limits import DEFAULT_MAX_IN_FLIGHT
 from airflow_provider_segment_profiles.delivery.retry import RetryPolicy
-from airflow_provider_segment_profiles.exceptions import (
-    ConfigurationError,
-    PermanentSyncError,
-    SegmentProfilesError,
-)
+from airflow_provider_segment_profiles.exceptions import ConfigurationError, SegmentProfilesError
 from airflow_provider_segment_profiles.hooks.segment_profiles import SegmentProfilesHook
+from airflow_provider_segment_profiles.operators.airflow_errors import airflow_error
 from airflow_provider_segment_profiles.operators.assets import attach_summary
 from airflow_provider_segment_profiles.operators.destinations import (
     destinations_report,
     log_destinations_before,
+    segment_hook,
+    verification,
 )
 from airflow_provider_segment_profiles.operators.lineage import lineage_facts, operator_lineage
-from airflow_provider_segment_profiles.operators.mass_delete import (
-    answer,
-    ask,
-    check_on_mass_delete,
-    held_payload,
-    question,
-)
-from airflow_provider_segment_profiles.operators.summary import (
-    delete_guard_breach,
-    format_summary,
-    record_rejection_breach,
-    threshold_breach,
-)
+from airflow_provider_segment_profiles.operators.mass_delete import check_on_mass_delete, fail_or_ask, resume
+from airflow_provider_segment_profiles.operators.state_lookup import newest_xcom_state, state_location
+from airflow_provider_segment_profiles.operators.summary import format_summary, run_breach
 from airflow_provider_segment_profiles.pipeline.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHANGE_DETECTION,
+    DEFAULT_FETCH_SIZE,
     DEFAULT_MAX_DELETED_FRACTION,
     DEFAULT_MAX_EVENTS_PER_SECOND,
+    DEFAULT_MAX_FAILED_FRACTION,
+    DEFAULT_MAX_REJECTED_FRACTION,
+    DEFAULT_PROGRESS_INTERVAL_S,
+    DEFAULT_STATE_SCHEMA,
+    DEFAULT_SYNC_MODE,
     SyncConfig,
+    as_bool,
+    as_fraction,
     check_settings,
+    holds_template,
 )
 from airflow_provider_segment_profiles.pipeline.held_deletes import ApprovedDeletes
 from airflow_provider_segment_profiles.pipeline.run import SyncRun
 from airflow_provider_segment_profiles.pipeline.sync_log import SyncLog, check_table_name
-from airflow_provider_segment_profiles.pipeline.verify import (
-    Verification,
-    VerificationPolicy,
-    check_verification_settings,
-)
+from airflow_provider_segment_profiles.pipeline.verify import VerificationPolicy, check_verification_settings
 from airflow_provider_segment_profiles.pipeline.verify import off as verification_off
 from airflow_provider_segment_profiles.state.guards import check_destinations, load_head
-from airflow_provider_segment_profiles.state.location import (
-    STATE_XCOM_KEY,
-    StateLocation,
-    SyncState,
-    default_state_path,
-    safe_component,
-)
-
-try:
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
-except ImportError:  # Airflow 3.1
-    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+from airflow_provider_segment_profiles.state.location import STATE_XCOM_KEY, safe_component
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
     from airflow.sdk import Context
-
-_DISTRIBUTED_EXECUTORS = ("Celery", "Kubernetes", "Edge", "Ecs", "Batch")
-_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
 
 
 class SegmentProfilesSyncOperator(BaseOperator):
@@ -180,7 +162,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         mappings: list[dict[str, Any]] | str,
         parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         segment_conn_id: str = SegmentProfilesHook.default_conn_name,
-        sync_mode: str = "diff",
+        sync_mode: str = DEFAULT_SYNC_MODE,
         cursor_column: str | None = None,
         full_refresh: bool | str = False,
         dry_run: bool | str = False,
@@ -188,19 +170,19 @@ class SegmentProfilesSyncOperator(BaseOperator):
         state_conn_id: str | None = None,
         report_path: str | None = None,
         dry_run_path: str | None = None,
-        batch_size: int = 500,
-        fetch_size: int = 5000,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        fetch_size: int = DEFAULT_FETCH_SIZE,
         max_requests_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND,
-        max_rejected_fraction: float = 0.1,
-        max_failed_fraction: float = 0.0,
+        max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
+        max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
         max_deleted_fraction: float | str | None = DEFAULT_MAX_DELETED_FRACTION,
         request_retry_policy: RetryPolicy | dict[str, float] | None = None,
         request_timeout: tuple[float, float] = (10.0, 30.0),
-        progress_interval_s: float = 10.0,
+        progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
         sync_log_table: str | None = None,
-        change_detection: str = "worker",
-        state_schema: str = "segment_profiles",
+        change_detection: str = DEFAULT_CHANGE_DETECTION,
+        state_schema: str = DEFAULT_STATE_SCHEMA,
         verify_sample: int = 0,
         profile_api_conn_id: str = "segment_profile_api_default",
         verify_policy: VerificationPolicy | dict[str, Any] | None = None,
@@ -262,15 +244,15 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 "max_rejected_fraction": max_rejected_fraction,
                 "max_failed_fraction": max_failed_fraction,
                 "max_deleted_fraction": None
-                if _holds_template(max_deleted_fraction)
-                else _as_fraction("max_deleted_fraction", max_deleted_fraction),
+                if holds_template(max_deleted_fraction)
+                else as_fraction("max_deleted_fraction", max_deleted_fraction),
             },
             change_detection=change_detection,
             state_schema=state_schema,
         )
         for name in ("full_refresh", "dry_run"):
-            if not _holds_template(getattr(self, name)):
-                _as_bool(name, getattr(self, name))
+            if not holds_template(getattr(self, name)):
+                as_bool(name, getattr(self, name))
         if isinstance(mappings, list):
             # Fails DAG import with every problem listed; rendered mappings are checked again at run time.
             self._compile(mappings)
@@ -327,38 +309,12 @@ class SegmentProfilesSyncOperator(BaseOperator):
         :param event: Airflow's resume event with the answer.
         :raises AirflowFailException: on a timeout, or when the approved deletes no longer fit the model.
         """
-        decided = answer(event)
-        summary = held.pop("summary", None) or {}
-        guard = delete_guard_breach(
-            {
-                "deletes_held": {
-                    "would_delete": held["count"],
-                    "committed_records": held["committed"],
-                    "max_deleted_fraction": held["limit"],
-                }
-            },
-            self.task_id,
-        )
-        if decided.choice == "timeout":
-            raise AirflowFailException(
-                "Delete guard: the mass-delete question was not answered within "
-                f"{self.mass_delete_timeout}; no delete was sent. {guard}"
-            )
-        if decided.choice == "rejected":
-            self.log.warning(
-                "Delete guard: %s rejected the %s deletes; none was sent. The records stay in the sync state, "
-                "so the next run finds them missing again.",
-                decided.by or "a human",
-                f"{held['count']:,}",
-            )
-            summary["mass_delete"] = {"decision": "rejected", "by": decided.by, "held": held["count"]}
-            attach_summary(context, self.outlets, summary)
-            return summary
-        self.log.info(
-            "Delete guard: %s approved the %s deletes", decided.by or "a human", f"{held['count']:,}"
-        )
-        result = self._sync(context, approved=ApprovedDeletes.from_dict(held, decided.by))
-        result["mass_delete"] = {"decision": "approved", "by": decided.by, "held": held["count"]}
+        resumed = resume(held, event, self.task_id, self.mass_delete_timeout, self.log)
+        if resumed.approved is None:
+            attach_summary(context, self.outlets, resumed.summary)
+            return resumed.summary
+        result = self._sync(context, approved=resumed.approved)
+        result["mass_delete"] = resumed.summary["mass_delete"]
         return result
 
     def _sync(self, context: Context, approved: ApprovedDeletes | None = None) -> dict[str, Any]:
@@ -369,7 +325,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
         hooks: dict[str, SegmentProfilesHook] = {}
         self._lineage_facts = None
         sync_log: SyncLog | None = None
-        verification: Verification | None = None
+        verify = None
         try:
             config = self._config()
             if approved is not None:
@@ -377,9 +333,25 @@ class SegmentProfilesSyncOperator(BaseOperator):
             mappings = self._compile(config.mappings)
             space_conn_ids = {m.name: m.profile_space or config.default_space for m in mappings}
             for conn_id in sorted(set(space_conn_ids.values())):
-                hooks[conn_id] = self._segment_hook(conn_id, resolve=not config.dry_run)
-            verification = self._verification(config, mappings, space_conn_ids)
-            location = self._state_location(ti)
+                hooks[conn_id] = segment_hook(
+                    conn_id,
+                    timeout=self.request_timeout,
+                    retry_policy=self.request_retry_policy,
+                    pool_size=config.max_requests_in_flight,
+                    resolve=not config.dry_run,
+                )
+            verify = verification(
+                self.verify_sample,
+                dry_run=config.dry_run,
+                conn_id=self.profile_api_conn_id,
+                policy=self.verify_policy,
+                mappings=mappings,
+                space_conn_ids=space_conn_ids,
+                verified_space=config.default_space,
+                timeout=self.request_timeout,
+                log=self.log,
+            )
+            location = state_location(ti, self.state_path, self.state_conn_id, self.log)
             head = load_head(
                 location,
                 full_refresh=config.full_refresh,
@@ -388,7 +360,9 @@ class SegmentProfilesSyncOperator(BaseOperator):
                     "primary_key": self.primary_key,
                     "cursor_column": self.cursor_column,
                 },
-                earlier_xcom_state=lambda first_run: self._newest_xcom_state(context, first_run),
+                earlier_xcom_state=lambda first_run: newest_xcom_state(
+                    context, self.task_id, first_run, self.log
+                ),
                 log=self.log,
             )
             destinations = {} if config.dry_run else {c: hook.destination_id for c, hook in hooks.items()}
@@ -397,16 +371,7 @@ class SegmentProfilesSyncOperator(BaseOperator):
             if config.mode.resumes_from(head, config.full_refresh) is not None:
                 check_destinations(head, destinations)
             if self.sync_log_table and not config.dry_run:
-                sync_log = SyncLog(
-                    self.warehouse_hook,
-                    self.sync_log_table,
-                    dag_id=ti.dag_id,
-                    task_id=ti.task_id,
-                    map_index=getattr(ti, "map_index", -1),
-                    run_id=str(ti.run_id),
-                    try_number=int(ti.try_number or 0),
-                    log=self.log,
-                )
+                sync_log = SyncLog.for_task_instance(self.warehouse_hook, self.sync_log_table, ti, self.log)
             self._run = SyncRun(
                 config,
                 mappings,
@@ -422,13 +387,13 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 + ("-approved" if approved is not None else ""),
                 log=self.log,
                 sync_log=sync_log,
-                verification_sample=None if verification is None else verification.sample,
+                verification_sample=None if verify is None else verify.sample,
             )
             summary, state = self._run.execute()
             held = self._run.deletes_held
             self._lineage_facts = lineage_facts(mappings, space_conn_ids, hooks, summary)
         except SegmentProfilesError as err:
-            raise _airflow_error(err) from err
+            raise airflow_error(err) from err
         finally:
             self._run = None
             for hook in hooks.values():
@@ -437,37 +402,20 @@ class SegmentProfilesSyncOperator(BaseOperator):
                 sync_log.write()
         if state is not None:
             ti.xcom_push(key=STATE_XCOM_KEY, value=state.to_dict())
-        summary["verification"], verify_error = (
-            verification.run() if verification else (verification_off(), None)
-        )
+        summary["verification"], verify_error = verify.run() if verify else (verification_off(), None)
         self.log.info("%s", format_summary(summary))
         self.log.info("%s", destinations_report(hooks, space_conn_ids, summary))
-        breach = delete_guard_breach(summary, self.task_id) or (
-            None
-            if config.dry_run
-            else threshold_breach(summary, self.max_rejected_fraction, self.max_failed_fraction)
-            or record_rejection_breach(summary, self.max_rejected_fraction)
+        breach = run_breach(
+            summary, self.task_id, config.dry_run, self.max_rejected_fraction, self.max_failed_fraction
         )
         if breach is None and verify_error is not None:
-            breach = _airflow_error(verify_error)
+            breach = airflow_error(verify_error)
         if breach is not None:
             # A run that fails its thresholds still committed what was delivered; keep its summary visible.
             ti.xcom_push(key="return_value", value=summary)
-            if held is not None and held.approval_mismatch:
-                raise AirflowFailException(
-                    f"Delete guard: the deletes approved by {approved.approved_by or 'a human'} were for "
-                    f"{approved.count:,} records, but this run finds {held.would_delete:,} missing from the "
-                    "model, not the same ones (the model changed after the question); no delete was sent. The "
-                    "next run asks again about the records missing then.\n" + str(breach)
-                )
-            if held is not None and self.on_mass_delete == "ask" and not config.dry_run:
-                asked = question(
-                    self.task_id, held, summary.get("state_generation"), self.mass_delete_timeout
-                )
-                ask(
-                    self, context, asked, {**held_payload(held), "summary": summary}, self.mass_delete_timeout
-                )
-            raise breach
+            fail_or_ask(
+                self, context, breach, held, approved, summary, self.mass_delete_timeout, config.dry_run
+            )
         attach_summary(context, self.outlets, summary)
         return summary
 
@@ -511,166 +459,16 @@ class SegmentProfilesSyncOperator(BaseOperator):
             default_space=self.segment_conn_id,
             sync_mode=self.sync_mode,
             cursor_column=self.cursor_column,
-            full_refresh=_as_bool("full_refresh", self.full_refresh),
-            dry_run=_as_bool("dry_run", self.dry_run),
+            full_refresh=as_bool("full_refresh", self.full_refresh),
+            dry_run=as_bool("dry_run", self.dry_run),
             report_path=self.report_path,
             dry_run_path=self.dry_run_path,
             batch_size=self.batch_size,
             fetch_size=self.fetch_size,
             max_requests_in_flight=self.max_requests_in_flight,
             max_events_per_second=self.max_events_per_second,
-            max_deleted_fraction=_as_fraction("max_deleted_fraction", self.max_deleted_fraction),
+            max_deleted_fraction=as_fraction("max_deleted_fraction", self.max_deleted_fraction),
             progress_interval_s=self.progress_interval_s,
             change_detection=self.change_detection,
             state_schema=self.state_schema,
         )
-
-    def _verification(
-        self, config: SyncConfig, mappings: list[CompiledMapping], space_conn_ids: dict[str, str]
-    ) -> Verification | None:
-        """``verify_sample``'s sample and Profile API hook, resolved before any row is read; ``None`` when off."""
-        if not self.verify_sample:
-            return None
-        if config.dry_run:
-            self.log.info("verify_sample: a dry run sends nothing, so there is nothing to verify")
-            return None
-        return Verification(
-            self.verify_sample,
-            conn_id=self.profile_api_conn_id,
-            policy=self.verify_policy,
-            mappings=mappings,
-            space_conn_ids=space_conn_ids,
-            verified_space=config.default_space,
-            timeout=self.request_timeout,
-            log=self.log,
-        )
-
-    def _segment_hook(self, conn_id: str, resolve: bool) -> SegmentProfilesHook:
-        hook = SegmentProfilesHook(
-            conn_id,
-            timeout=self.request_timeout,
-            retry_policy=self.request_retry_policy,
-            pool_size=self.max_requests_in_flight,
-        )
-        if resolve:
-            try:
-                hook.base_url  # noqa: B018 - resolves the connection and region now, before any row is read
-                hook.session  # noqa: B018 - refuses an empty write key
-            except Exception as err:
-                raise ConfigurationError(f"Segment Profiles connection {conn_id!r}: {err}") from err
-        return hook
-
-    def _state_location(self, ti: Any) -> StateLocation:
-        location = StateLocation(
-            self.state_path or default_state_path(),
-            ti.dag_id,
-            ti.task_id,
-            getattr(ti, "map_index", -1),
-            self.state_conn_id,
-        )
-        self.log.info("Sync state is kept under %s", location.root)
-        if self.state_path is None:
-            self._warn_if_distributed(location)
-        return location
-
-    def _newest_xcom_state(self, context: Context, first_run: bool) -> SyncState | None:
-        """
-        The newest state an earlier run of this task pushed to XCom (the lost-state tripwire), or ``None``.
-
-        With no committed state under ``state_path`` and no earlier successful DAG run
-        (``prev_start_date_success``, https://airflow.apache.org/docs/apache-airflow/stable/templates-ref.html),
-        this is a first run: nothing is pulled, because Airflow logs a missing XCom as an error.
-        """
-        ti = context["ti"]
-        if first_run:
-            earlier_success = context.get("prev_start_date_success", True)  # unknown outside Airflow: check
-            if not earlier_success:
-                self.log.info(
-                    "No committed state under state_path and no earlier successful run: a first sync"
-                )
-                return None
-            self.log.info("No committed state under state_path: checking XCom for state of earlier runs")
-        try:
-            pulled = ti.xcom_pull(
-                task_ids=self.task_id,
-                key=STATE_XCOM_KEY,
-                include_prior_dates=True,
-                map_indexes=getattr(ti, "map_index", -1),
-            )
-        except Exception as err:  # an XCom backend hiccup must not block a run: HEAD.json is authoritative
-            self.log.warning("Could not read earlier sync state from XCom (%s); relying on state_path", err)
-            return None
-        values = pulled if isinstance(pulled, list) else [pulled]
-        states = [SyncState.from_dict(v) for v in values if isinstance(v, dict) and "generation" in v]
-        return max(states, key=lambda s: s.generation, default=None)
-
-    def _warn_if_distributed(self, location: StateLocation) -> None:
-        try:
-            from airflow.configuration import conf
-
-            executor = conf.get("core", "executor", fallback="") or ""
-        except Exception:
-            return
-        if any(name in executor for name in _DISTRIBUTED_EXECUTORS):
-            self.log.warning(
-                "State is kept at the default local path %s while the %s runs tasks on several machines; "
-                "set state_path to shared storage (s3://, gs://, ...): a run on another worker does not find this "
-                "state and fails, finding newer state in XCom.",
-                location.root,
-                executor,
-            )
-
-
-def _airflow_error(err: SegmentProfilesError) -> Exception:
-    """The one place a provider error becomes Airflow's: permanent ones are not retried."""
-    if isinstance(err, PermanentSyncError):
-        return AirflowFailException(str(err))
-    return AirflowException(str(err))
-
-
-def _holds_template(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
-def _as_fraction(name: str, value: Any) -> float | None:
-    """
-    A fraction parameter as given or as a template rendered it (``None``, ``"None"`` or ``""`` disable it).
-
-    :raises ConfigurationError: for a value that is not a number between 0 and 1.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "none", "null"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigurationError(
-                f"{name} must be a number between 0 and 1 or None, not {text!r}"
-            ) from None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ConfigurationError(f"{name} must be a number between 0 and 1 or None, not {value!r}")
-    return float(value)
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    """
-    A boolean parameter as given or as a template rendered it.
-
-    :raises ConfigurationError: for a value that is not a boolean or one of true/false, 1/0, yes/no, on/off.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-    raise ConfigurationError(
-        f"{name} must be a boolean (or text reading true/false, 1/0, yes/no, on/off), not {value!r}"
-    )

@@ -156,3 +156,22 @@ def record_rejection_breach(summary: dict[str, Any], max_rejected_fraction: floa
         "NULL or repeated because of a broken join? Nothing was sent for those records; delivered ones are "
         f"committed. Fix the model. Report: {summary['report_path']}"
     )
+
+
+def run_breach(
+    summary: dict[str, Any],
+    task_id: str,
+    dry_run: bool,
+    max_rejected_fraction: float,
+    max_failed_fraction: float,
+) -> Exception | None:
+    """
+    The first threshold a finished run breached, as the Airflow exception to fail it with, else ``None``: the
+    delete guard (also in a dry run), then the failed and rejected messages, then records rejected whole.
+    """
+    return delete_guard_breach(summary, task_id) or (
+        None
+        if dry_run
+        else threshold_breach(summary, max_rejected_fraction, max_failed_fraction)
+        or record_rejection_breach(summary, max_rejected_fraction)
+    )

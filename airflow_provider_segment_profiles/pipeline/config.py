@@ -13,6 +13,20 @@ from airflow_provider_segment_profiles.exceptions import ConfigurationError
 from airflow_provider_segment_profiles.pipeline.held_deletes import ApprovedDeletes
 from airflow_provider_segment_profiles.pipeline.modes import SYNC_MODES, SyncMode, get_mode
 
+#: Every default of the operator's parameters, in one place: the operator's signature, :class:`SyncConfig`
+#: and the stages all use these (the stages take the config's values and default nothing themselves).
+DEFAULT_SYNC_MODE = "diff"
+DEFAULT_SEGMENT_CONN_ID = "segment_profiles_default"
+#: Messages per ``/v1/batch`` request (Segment allows 2,500; 500 keeps a request near 100 KB for typical
+#: Identify calls, well under the 500 KB limit).
+DEFAULT_BATCH_SIZE = 500
+#: Rows per ``fetchmany`` from the warehouse cursor.
+DEFAULT_FETCH_SIZE = 5000
+DEFAULT_PROGRESS_INTERVAL_S = 10.0
+DEFAULT_CHANGE_DETECTION = "worker"
+DEFAULT_STATE_SCHEMA = "segment_profiles"
+DEFAULT_MAX_REJECTED_FRACTION = 0.1
+DEFAULT_MAX_FAILED_FRACTION = 0.0
 #: Segment Engage ingests at most 1,000 events per second per Profile Space
 #: (https://segment.com/docs/engage/product-limits/); the default leaves room for other sources.
 DEFAULT_MAX_EVENTS_PER_SECOND = 800.0
@@ -37,21 +51,21 @@ class SyncConfig:
     primary_key: str
     mappings: Any
     parameters: Sequence[Any] | Mapping[str, Any] | None = None
-    default_space: str = "segment_profiles_default"
-    sync_mode: str = "diff"
+    default_space: str = DEFAULT_SEGMENT_CONN_ID
+    sync_mode: str = DEFAULT_SYNC_MODE
     cursor_column: str | None = None
     full_refresh: bool = False
     dry_run: bool = False
     report_path: str | None = None
     dry_run_path: str | None = None
-    batch_size: int = 500
-    fetch_size: int = 5000
+    batch_size: int = DEFAULT_BATCH_SIZE
+    fetch_size: int = DEFAULT_FETCH_SIZE
     max_requests_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_events_per_second: float | None = DEFAULT_MAX_EVENTS_PER_SECOND
     max_deleted_fraction: float | None = DEFAULT_MAX_DELETED_FRACTION
-    progress_interval_s: float = 10.0
-    change_detection: str = "worker"
-    state_schema: str = "segment_profiles"
+    progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S
+    change_detection: str = DEFAULT_CHANGE_DETECTION
+    state_schema: str = DEFAULT_STATE_SCHEMA
     #: Deletes a human approved (``on_mass_delete="ask"``): the delete guard lets exactly these through.
     approved_deletes: ApprovedDeletes | None = None
 
@@ -78,8 +92,8 @@ def check_settings(
     max_requests_in_flight: int,
     max_events_per_second: float | None,
     fractions: Mapping[str, float | None],
-    change_detection: str = "worker",
-    state_schema: str = "segment_profiles",
+    change_detection: str,
+    state_schema: str,
 ) -> None:
     """
     Check the settings that do not depend on the data, all at once.
@@ -126,3 +140,56 @@ def _engine_problems(sync_mode: str, change_detection: str, state_schema: str) -
     if schema_problem:
         problems.append(schema_problem)
     return problems
+
+
+# -- rendered values --------------------------------------------------------------------------------------
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
+
+
+def holds_template(value: Any) -> bool:
+    """Whether ``value`` is a Jinja template not rendered yet (checked again once it is)."""
+    return isinstance(value, str) and "{{" in value
+
+
+def as_fraction(name: str, value: Any) -> float | None:
+    """
+    A fraction parameter as given or as a template rendered it (``None``, ``"None"`` or ``""`` disable it).
+
+    :raises ConfigurationError: for a value that is not a number between 0 and 1.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none", "null"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be a number between 0 and 1 or None, not {text!r}"
+            ) from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"{name} must be a number between 0 and 1 or None, not {value!r}")
+    return float(value)
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """
+    A boolean parameter as given or as a template rendered it.
+
+    :raises ConfigurationError: for a value that is not a boolean or one of true/false, 1/0, yes/no, on/off.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigurationError(
+        f"{name} must be a boolean (or text reading true/false, 1/0, yes/no, on/off), not {value!r}"
+    )

@@ -12,6 +12,7 @@ import sqlparse
 
 from airflow_provider_segment_profiles.exceptions import ModelQueryError, ModelReaderClosed
 from airflow_provider_segment_profiles.pipeline import db_errors
+from airflow_provider_segment_profiles.pipeline.config import DEFAULT_FETCH_SIZE
 from airflow_provider_segment_profiles.pipeline.driver_values import install_safe_loaders
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class ModelReader:
         hook: DbApiHook,
         sql: str,
         parameters: Sequence[Any] | Mapping[str, Any] | None,
-        fetch_size: int = 5000,
+        fetch_size: int = DEFAULT_FETCH_SIZE,
         connection: Any = None,
     ) -> None:
         self.hook = hook

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.exceptions import WatermarkError
+from airflow_provider_segment_profiles.pipeline.config import DEFAULT_FETCH_SIZE
 from airflow_provider_segment_profiles.pipeline.detection.checksum import record_key
 from airflow_provider_segment_profiles.pipeline.reader import ModelReader
 from airflow_provider_segment_profiles.pipeline.records import Record, new
@@ -62,7 +63,7 @@ class RecordSource:
         primary_key: str,
         cursor_column: str | None,
         accounting: SyncAccounting,
-        fetch_size: int = 5000,
+        fetch_size: int = DEFAULT_FETCH_SIZE,
         cursor_start: object = None,
         connection: Any = None,
     ) -> None:

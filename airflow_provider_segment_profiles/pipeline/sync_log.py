@@ -120,6 +120,20 @@ class SyncLog:
         self._spilled = 0
         self._sqlite = getattr(hook, "dialect_name", "") == "sqlite"
 
+    @classmethod
+    def for_task_instance(cls, hook: DbApiHook, table: str, ti: Any, log: Any) -> SyncLog:
+        """The sync log of one try of a task instance ``ti`` (its ids are the rows' first columns)."""
+        return cls(
+            hook,
+            table,
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            map_index=getattr(ti, "map_index", -1),
+            run_id=str(ti.run_id),
+            try_number=int(ti.try_number or 0),
+            log=log,
+        )
+
     @property
     def rows(self) -> int:
         """Rows collected so far."""

@@ -30,10 +30,10 @@ from airflow_provider_segment_profiles.pipeline.detection.checksum import (  # n
     MappingChecksums,
     changed_among,
 )
-from airflow_provider_segment_profiles.pipeline.detection.worker import (  # noqa: E402
-    WorkerChangeDetector,
-    _input_columns,
+from airflow_provider_segment_profiles.pipeline.detection.checksum import (  # noqa: E402
+    mapping_input_columns as _input_columns,
 )
+from airflow_provider_segment_profiles.pipeline.detection.worker import WorkerChangeDetector  # noqa: E402
 from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout  # noqa: E402
 from airflow_provider_segment_profiles.pipeline.modes import get_mode  # noqa: E402
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record  # noqa: E402

@@ -426,7 +426,9 @@ def committed_snapshot(harness, dag_id: str) -> Path:
     return head_file.parent / "snapshots" / json.loads(head_file.read_text())["snapshot"]
 
 
-def test_a_track_mapping_fires_only_when_its_own_column_changed(harness):
+@pytest.mark.parametrize("engine", ["worker", "warehouse"])
+def test_a_track_mapping_fires_only_when_its_own_column_changed(harness, engine):
+    harness.monkeypatch.setenv("SEGMENT_E2E_PLAN_ENGINE", engine)
     wh = harness.warehouse
     create_customers(wh, range(1, 6))
     state, summary = harness.run("segment_e2e_plan_changes")
@@ -471,23 +473,6 @@ def test_a_track_mapping_fires_only_when_its_own_column_changed(harness):
     assert state == "success" and harness.sent == []
     ids = [m["messageId"] for m in harness.emulator.messages]
     assert len(ids) == len(set(ids))  # no retries here: every message is a distinct change
-
-
-def test_the_warehouse_engine_still_sends_every_mapping_of_an_updated_record(harness):
-    """The warehouse engine does not tell mappings apart yet (``changed_mappings`` is ``None``): an email
-    change fires "Plan Changed" too, as every engine did before (docs/change-detection.md)."""
-    wh = harness.warehouse
-    harness.monkeypatch.setenv("SEGMENT_E2E_PLAN_ENGINE", "warehouse")
-    create_customers(wh, range(1, 4))
-    assert harness.run("segment_e2e_plan_changes")[0] == "success"
-    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id = 1")
-    state, summary = harness.run("segment_e2e_plan_changes")
-    assert state == "success"
-    assert harness.sent_by("identify") == ["1"]
-    assert harness.sent_by("Plan Changed") == ["1"]
-    assert summary["mapping_changes"] == {"identify_customer": 1, "plan_changed": 1}
-    state, summary = harness.run("segment_e2e_plan_changes")
-    assert state == "success" and harness.sent == []
 
 
 def strip_mapping_checksums(snapshot: Path) -> None:
@@ -536,3 +521,48 @@ def test_a_state_committed_before_per_mapping_changes_sends_nothing_for_unchange
     assert state == "success"
     assert harness.sent_by("identify") == ["1", "2"]
     assert harness.sent_by("Plan Changed") == []
+
+
+def warehouse_state_tables(wh) -> list[str]:
+    """The warehouse engine's per-sync state tables in ``wh`` (qualified as the warehouse names them)."""
+    if isinstance(wh, SqliteWarehouse):
+        rows = wh.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'segment_profiles__sp_%'"
+        ).fetchall()
+        return [f'"{name}"' for (name,) in rows]
+    rows = wh.conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'segment_profiles' "
+        "AND table_name LIKE 'sp\\_%'"
+    ).fetchall()
+    return [f'segment_profiles."{name}"' for (name,) in rows]
+
+
+def test_a_warehouse_state_committed_before_per_mapping_changes_sends_nothing_for_unchanged_records(harness):
+    """A state table an earlier release committed has no ``mapping_checksums`` column: the run adds it, sends
+    nothing for the unchanged records, sends a record changed meanwhile through every mapping (its state
+    cannot say which mapping's inputs changed), and tells mappings apart from then on."""
+    wh = harness.warehouse
+    dag_id = "segment_e2e_plan_changes"
+    harness.monkeypatch.setenv("SEGMENT_E2E_PLAN_ENGINE", "warehouse")
+    create_customers(wh, range(1, 6))
+    assert harness.run(dag_id)[0] == "success"
+    (table,) = warehouse_state_tables(wh)
+    wh.execute(f"ALTER TABLE {table} DROP COLUMN mapping_checksums")
+
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id = 3")
+    state, summary = harness.run(dag_id)
+    assert state == "success"
+    assert summary["records"] == {"added": 0, "updated": 1, "deleted": 0, "unchanged": 4, "rejected": 0}
+    assert harness.sent_by("identify") == ["3"]
+    assert harness.sent_by("Plan Changed") == ["3"]
+
+    state, summary = harness.run(dag_id)
+    assert state == "success" and harness.sent == []
+    wh.execute("UPDATE customers SET email = 'new-' || email WHERE customer_id IN (3, 4)")
+    state, summary = harness.run(dag_id)
+    assert state == "success"
+    # 3 has its mapping checksums since the upgraded run; 4 was never changed since, so it has none.
+    assert harness.sent_by("identify") == ["3", "4"]
+    assert harness.sent_by("Plan Changed") == ["4"]
+    # 4 counts for every mapping (its view is unknown), 3 for the Identify alone.
+    assert summary["mapping_changes"] == {"identify_customer": 2, "plan_changed": 1}

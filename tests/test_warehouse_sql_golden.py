@@ -209,7 +209,7 @@ def test_render_is_what_the_engine_runs_on_sqlite(tmp_path: Path) -> None:
     root = tmp_path / "dag" / "task" / "-1"
     location = SimpleNamespace(root=root, journal=root / "journal")
     accounting = SimpleNamespace(records=Counter(), rows_read=0, reject_record=lambda *args: None)
-    mode = SimpleNamespace(journals_sends=False, detects_deletions=True)
+    mode = SimpleNamespace(journals_sends=False, detects_deletions=True, tracks_mapping_changes=False)
     mapping = SimpleNamespace(
         uses_all_columns=True,
         columns=(),

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from hashlib import blake2b
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_segment_profiles.actions.rows import values_getter
+from airflow_provider_segment_profiles.pipeline.records import ChangeKind
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.actions import CompiledMapping
+    from airflow_provider_segment_profiles.pipeline.modes import SyncMode
 
 
 def record_key(value: Any) -> str | None:
@@ -85,6 +90,32 @@ class MappingChecksums:
     def __call__(self, row: Sequence[Any]) -> tuple[bytes, ...]:
         """Each mapping's digest of ``row``, in the order of :attr:`names`."""
         return tuple(digest(row) for digest in self._digests)
+
+
+def followed_mappings(mode: SyncMode, mappings: Sequence[CompiledMapping]) -> list[CompiledMapping]:
+    """
+    The mappings whose changes both engines tell apart: those whose trigger selects updated records, in a
+    mode that tracks changes per mapping (``diff``); none in the other modes.
+    """
+    if not mode.tracks_mapping_changes:
+        return []
+    return [m for m in mappings if ChangeKind.UPDATED in mode.changes_selected(m.trigger)]
+
+
+def mapping_input_columns(mapping: CompiledMapping, columns: Sequence[str]) -> list[int]:
+    """
+    Positions of the result columns ``mapping`` reads: by name, and each ``columns: "*"`` but its
+    ``exclude`` (a change in an excluded column is no change for the mapping).
+    """
+    read = {columns.index(column) for column in mapping.columns}
+    for _path, excluded in mapping.star_fields():
+        read.update(position for position, column in enumerate(columns) if column not in excluded)
+    return sorted(read)
+
+
+def mapping_checksums_for(followed: Sequence[CompiledMapping], columns: Sequence[str]) -> MappingChecksums:
+    """The :class:`MappingChecksums` of the ``followed`` mappings over a result with ``columns``."""
+    return MappingChecksums([(m.name, m.fingerprint, mapping_input_columns(m, columns)) for m in followed])
 
 
 def changed_among(

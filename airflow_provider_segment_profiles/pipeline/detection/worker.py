@@ -18,6 +18,8 @@ from airflow_provider_segment_profiles.pipeline.detection.checksum import (
     MappingChecksums,
     changed_among,
     checksum_hex,
+    followed_mappings,
+    mapping_checksums_for,
 )
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
@@ -39,15 +41,6 @@ def deleted_token(held_checksum: int | None, version: int) -> str:
     version the delete moves the record to."""
     held = "unconfirmed" if held_checksum is None else checksum_hex(held_checksum)
     return f"{held}.{version}"
-
-
-def _input_columns(mapping: CompiledMapping, columns: Sequence[str]) -> list[int]:
-    """Positions of the result columns ``mapping`` reads: by name, and each ``columns: "*"`` but its
-    ``exclude`` (a change in an excluded column is no change for the mapping)."""
-    read = {columns.index(column) for column in mapping.columns}
-    for _path, excluded in mapping.star_fields():
-        read.update(position for position, column in enumerate(columns) if column not in excluded)
-    return sorted(read)
 
 
 class WorkerChangeDetector:
@@ -128,13 +121,8 @@ class WorkerChangeDetector:
             workdir, prepare_previous(snapshot, workdir, SendJournal.records(uncommitted)), per_mapping=True
         )
         self._checksummer: Checksummer | None = None
-        updated = ChangeKind.UPDATED
         #: The mappings whose changes are told apart (those that send updates, in a mode that has them).
-        self._followed = (
-            [m for m in mappings if updated in mode.changes_selected(m.trigger)]
-            if mode.tracks_mapping_changes
-            else []
-        )
+        self._followed = followed_mappings(mode, mappings)
         self._mapping_checksums: MappingChecksums | None = None
         if previous is not None and mode.uses_cursor:
             from airflow_provider_segment_profiles.state.watermark import from_xcom
@@ -162,9 +150,7 @@ class WorkerChangeDetector:
         """Set up the checksum over the used columns, and one per followed mapping over its own columns."""
         self._checksummer = Checksummer(seed, used_columns)
         if self._followed:
-            self._mapping_checksums = MappingChecksums(
-                [(m.name, m.fingerprint, _input_columns(m, columns)) for m in self._followed]
-            )
+            self._mapping_checksums = mapping_checksums_for(self._followed, columns)
 
     def detect(self, records: Sequence[Record]) -> list[Change]:
         """Classify a chunk against the snapshot (see :meth:`SnapshotStore.look_up`)."""

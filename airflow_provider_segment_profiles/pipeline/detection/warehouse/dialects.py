@@ -78,6 +78,10 @@ class Dialect:
 
     def sql_type(self, name: str) -> str:
         """The engine's column type ``name`` in this warehouse's spelling."""
+        if (
+            name == "LONG_TEXT"
+        ):  # text of any length (packed per-mapping checksums): TEXT unless said otherwise
+            return self.sql_types.get(name, self.sql_types.get("TEXT", "TEXT"))
         return self.sql_types.get(name, name)
 
     def create_temp_as(self, name: str, select: str) -> str:
@@ -164,7 +168,8 @@ class Dialect:
         """The per-record state table."""
         return (
             f"CREATE TABLE IF NOT EXISTS {table} (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, "
-            "uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT)"
+            "uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT, "
+            "mapping_checksums TEXT)"
         )
 
     def meta_ddl(self, table: str) -> str:

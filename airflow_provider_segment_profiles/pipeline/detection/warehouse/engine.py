@@ -37,6 +37,12 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_segment_profiles.exceptions import ConfigurationError, ModelQueryError, StateError
 from airflow_provider_segment_profiles.pipeline import db_errors
 from airflow_provider_segment_profiles.pipeline.detection import carry_over
+from airflow_provider_segment_profiles.pipeline.detection.checksum import (
+    MappingChecksums,
+    changed_among,
+    followed_mappings,
+    mapping_checksums_for,
+)
 from airflow_provider_segment_profiles.pipeline.detection.warehouse import statements as sql
 from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import (
     CHECKSUM_DEFINITION,
@@ -146,6 +152,10 @@ class WarehouseChangeDetector:
         self._journal_tag = journal_tag
         self._journal_files: list[Any] = []
         self._uncommitted: list[Any] = []
+        #: The mappings whose changes are told apart (see :func:`~..checksum.followed_mappings`).
+        self._followed = followed_mappings(mode, self.mappings)
+        self._mapping_checksums: MappingChecksums | None = None
+        self._has_mapping_checksums = True
         self.conn_id = db_errors.conn_id_of(hook)
         self.conn = hook.get_conn()
         try:
@@ -205,6 +215,8 @@ class WarehouseChangeDetector:
             exists = dialect.table_exists(cursor, self.schema, self.table_name) and dialect.table_exists(
                 cursor, self.schema, "syncs"
             )
+            if exists:  # a dry run does not upgrade the state; it reads an old one through a copy
+                self._has_mapping_checksums = self._state_has_mapping_checksums(cursor)
             cursor.close()
             return exists
         step = "schema"
@@ -214,6 +226,9 @@ class WarehouseChangeDetector:
             step = "table"
             cursor.execute(dialect.meta_ddl(self.meta))
             cursor.execute(dialect.state_ddl(self.state))
+            if self._state_existed and not self._state_has_mapping_checksums(cursor):
+                self.log.info("Upgrading the warehouse state %s: per-mapping checksums", self.state)
+                cursor.execute(sql.add_mapping_checksums(dialect, self.state))
             tombstone_index = dialect.tombstone_index_ddl(self.schema, self.table_name)
             if tombstone_index is not None:
                 cursor.execute(tombstone_index)
@@ -232,6 +247,13 @@ class WarehouseChangeDetector:
                 + "; or use change_detection='worker'."
             ) from err
         return True
+
+    def _state_has_mapping_checksums(self, cursor: Any) -> bool:
+        """Whether the state table has the ``mapping_checksums`` column (an earlier release's has not)."""
+        cursor.execute(f"SELECT * FROM {self.state} WHERE 1 = 0")
+        columns = {str(d[0]).lower() for d in cursor.description or ()}
+        cursor.fetchall()
+        return "mapping_checksums" in columns
 
     def _check_meta(self, exists: bool) -> None:
         """
@@ -454,7 +476,7 @@ class WarehouseChangeDetector:
         records = list(SendJournal.records(self._uncommitted))
         if self._carried is not None:
             records.extend(self._carried)
-        if exists and not self.full_refresh and not records:
+        if exists and not self.full_refresh and not records and self._has_mapping_checksums:
             self._prev = self.state
             return
         prev = self._t("prev")
@@ -462,23 +484,19 @@ class WarehouseChangeDetector:
         refresh = self.full_refresh and self._refresh_from is not None
         source = self.state if exists and (not self.full_refresh or refresh) else None
         if source is not None:
-            self._execute(sql.copy_previous(self.dialect, source)).close()
+            copy = sql.copy_previous(self.dialect, source, has_mapping_checksums=self._has_mapping_checksums)
+            self._execute(copy).close()
             if refresh:  # every record is sent again: the old ones count as unconfirmed adds (carry_over)
-                unconfirmed = f"UPDATE {prev} SET checksum = NULL, pending = 0 WHERE deleted_at IS NULL"
+                unconfirmed = (
+                    f"UPDATE {prev} SET checksum = NULL, pending = 0, mapping_checksums = NULL "
+                    "WHERE deleted_at IS NULL"
+                )
                 self._execute(unconfirmed).close()
         else:
             self._execute(sql.empty_previous(self.dialect)).close()
         if records:
             self._execute(sql.journal_table(self.dialect)).close()
-            cursor = self.conn.cursor()
-            for start in range(0, len(records), _MARK_BATCH):
-                self.dialect.insert_many(
-                    cursor,
-                    f"INSERT INTO {self._t('journal')} (pk, version)",
-                    records[start : start + _MARK_BATCH],
-                    2,
-                )
-            cursor.close()
+            self._insert(f"INSERT INTO {self._t('journal')} (pk, version)", records, 2)
             for statement in sql.fold_journal(self.dialect):
                 self._execute(statement).close()
         self._maybe(self.dialect.temp_index("sp_prev", "pk", unique=True))
@@ -491,6 +509,7 @@ class WarehouseChangeDetector:
         self._execute(sql.diff(self.dialect, self._prev)).close()
         self._maybe(self.dialect.temp_index("sp_diff", "pos"))
         self._execute(sql.marks_table(self.dialect)).close()
+        self._execute(sql.mapping_checksums_table(self.dialect)).close()
         self._analyze("sp_diff")  # plans the source's join and the commit's
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
@@ -504,9 +523,16 @@ class WarehouseChangeDetector:
             raise ConfigurationError(
                 f"Warehouse change detection checksummed {self._used} but the mappings use {used}"
             )
+        if self._followed:
+            self._mapping_checksums = mapping_checksums_for(self._followed, columns)
 
     def detect(self, records: Sequence[Record]) -> list[Change]:
-        """Attach each fetched record's classification, read in the same order from ``sp_diff``."""
+        """
+        Attach each fetched record's classification, read in the same order from ``sp_diff``, and decide
+        which mappings' inputs changed (as the worker engine does, from the values fetched and the per-mapping
+        checksums the state holds): an updated record none of whose followed mappings changed is unchanged
+        after all (only a column another mapping reads, or a removed mapping, moved its checksum).
+        """
         if not records:
             return []
         if self._side is None:
@@ -518,15 +544,19 @@ class WarehouseChangeDetector:
                 f"Warehouse change detection read {len(records)} rows but {len(side)} classifications"
             )
         token = self.mode.change_token
+        mapping_checksums = self._mapping_checksums
         changes: list[Change] = []
-        added = 0
+        digests_rows: list[tuple[str, str, str | None, int]] = []
+        added = unchanged = 0
         # Pending is kept per record here: a pending record goes through every mapping its change selects,
         # and names them all as pending, so a rejection there counts as carried over.
         selecting = {
             kind: tuple(m.name for m in self.mappings if kind in self.mode.changes_selected(m.trigger))
             for kind in (_ADDED, ChangeKind.UPDATED)
         }
-        for record, (pk, checksum, version, kind, pending) in zip(records, side, strict=True):
+        for record, (pk, checksum, version, kind, pending, uncertain, held_mappings) in zip(
+            records, side, strict=True
+        ):
             if record.key != pk:
                 raise ModelQueryError(
                     f"The unique identifier {self.primary_key!r} renders as {pk!r} in the warehouse but as "
@@ -534,6 +564,23 @@ class WarehouseChangeDetector:
                     "'warehouse' compares identifiers as the warehouse renders them)."
                 )
             change_kind = _KINDS[kind]
+            changed_mappings: tuple[str, ...] | None = None
+            if mapping_checksums is not None:
+                digests = mapping_checksums(record.row)
+                kept: bytes | None = None
+                if change_kind is _UPDATED and held_mappings is not None:
+                    changed_mappings, kept = changed_among(
+                        mapping_checksums.names, digests, bytes.fromhex(held_mappings)
+                    )
+                nothing_changed = changed_mappings == () and not int(uncertain) and not pending
+                digests_rows.append(
+                    (pk, b"".join(digests).hex(), None if kept is None else kept.hex(), int(nothing_changed))
+                )
+                if nothing_changed:
+                    unchanged += 1
+                    continue
+                if changed_mappings == ():  # Segment may hold another value: every mapping sends
+                    changed_mappings = None
             added += change_kind is _ADDED
             version = int(version)
             changes.append(
@@ -547,14 +594,17 @@ class WarehouseChangeDetector:
                         version,
                         None,
                         selecting[change_kind] if pending else (),
-                        None,  # changed_mappings: every mapping (this engine does not tell them apart yet)
+                        changed_mappings,
                     ),
                 )
             )
+        if digests_rows:
+            self._insert(f"INSERT INTO {self._t('mapsums')} (pk, current, kept, unchanged)", digests_rows, 4)
         self.rows_fetched += len(records)
         counts = self.accounting.records
         counts[_ADDED] += added
         counts[_UPDATED] += len(changes) - added
+        counts[ChangeKind.UNCHANGED] += unchanged
         return changes
 
     def write_ahead(self, changes: Sequence[Change]) -> None:
@@ -602,15 +652,17 @@ class WarehouseChangeDetector:
         finally:
             cursor.close()
 
+    def _insert(self, prefix: str, rows: Sequence[Sequence[Any]], width: int) -> None:
+        """Insert ``rows`` into a temporary table of this run with ``prefix``, in batches."""
+        cursor = self.conn.cursor()
+        for start in range(0, len(rows), _MARK_BATCH):
+            self.dialect.insert_many(cursor, prefix, rows[start : start + _MARK_BATCH], width)
+        cursor.close()
+
     def _mark(self, keys: Iterable[str], mark: int) -> None:
         rows = [(key, mark) for key in keys]
         if rows:
-            cursor = self.conn.cursor()
-            for start in range(0, len(rows), _MARK_BATCH):
-                self.dialect.insert_many(
-                    cursor, f"INSERT INTO {self._t('marks')} (pk, mark)", rows[start : start + _MARK_BATCH], 2
-                )
-            cursor.close()
+            self._insert(f"INSERT INTO {self._t('marks')} (pk, mark)", rows, 2)
 
     def mark_failed(self, keys: Iterable[str]) -> None:
         """These records keep what Segment held before and become uncertain (added ones: unconfirmed)."""
@@ -649,6 +701,7 @@ class WarehouseChangeDetector:
         # One row per marked key, so the statements below join it instead of probing the marks per record.
         self._execute(sql.flags(d)).close()
         self._maybe(d.temp_index("sp_flags", "pk", unique=True))
+        self._maybe(d.temp_index("sp_mapsums", "pk", unique=True))
         statements = sql.commit_statements(
             d,
             state,

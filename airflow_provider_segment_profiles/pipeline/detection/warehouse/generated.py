@@ -94,7 +94,8 @@ class BigQueryDialect(_GeneratedOnly):
     def state_ddl(self, table: str) -> str:
         return (
             f"CREATE TABLE IF NOT EXISTS {table} (pk STRING NOT NULL, checksum STRING, version INT64 NOT NULL, "
-            "uncertain INT64 NOT NULL, pending INT64 NOT NULL, deleted_at INT64, PRIMARY KEY (pk) NOT ENFORCED)"
+            "uncertain INT64 NOT NULL, pending INT64 NOT NULL, deleted_at INT64, mapping_checksums STRING, "
+            "PRIMARY KEY (pk) NOT ENFORCED)"
         )
 
     def meta_ddl(self, table: str) -> str:
@@ -131,7 +132,7 @@ class RedshiftDialect(_GeneratedOnly):
         return (
             f"CREATE TABLE IF NOT EXISTS {table} (pk VARCHAR(65535) NOT NULL PRIMARY KEY, checksum VARCHAR(64), "
             "version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, "
-            "deleted_at BIGINT)"
+            "deleted_at BIGINT, mapping_checksums VARCHAR(65535))"
         )
 
     def meta_ddl(self, table: str) -> str:
@@ -180,7 +181,8 @@ class DatabricksDialect(_GeneratedOnly):
     def state_ddl(self, table: str) -> str:
         return (
             f"CREATE TABLE IF NOT EXISTS {table} (pk STRING NOT NULL, checksum STRING, version BIGINT NOT NULL, "
-            "uncertain SMALLINT NOT NULL, pending SMALLINT NOT NULL, deleted_at BIGINT) USING DELTA"
+            "uncertain SMALLINT NOT NULL, pending SMALLINT NOT NULL, deleted_at BIGINT, mapping_checksums STRING) "
+            "USING DELTA"
         )
 
     def meta_ddl(self, table: str) -> str:
@@ -201,7 +203,7 @@ class MySqlDialect(_GeneratedOnly):
     """
 
     name = "mysql"
-    sql_types = {"TEXT": "VARCHAR(255)"}
+    sql_types = {"TEXT": "VARCHAR(255)", "LONG_TEXT": "TEXT"}
 
     def session_settings(self) -> list[str]:
         return ["SET time_zone = '+00:00'"]
@@ -227,7 +229,7 @@ class MySqlDialect(_GeneratedOnly):
         return (
             f"CREATE TABLE IF NOT EXISTS {table} (pk VARCHAR(255) NOT NULL PRIMARY KEY, checksum VARCHAR(64), "
             "version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, "
-            "deleted_at BIGINT)"
+            "deleted_at BIGINT, mapping_checksums TEXT)"
         )
 
     def meta_ddl(self, table: str) -> str:

@@ -24,8 +24,11 @@ STATE_COLUMNS = (
     ("uncertain", "SMALLINT"),
     ("pending", "SMALLINT"),
     ("deleted_at", "BIGINT"),
+    ("mapping_checksums", "LONG_TEXT"),
 )
-_STATE_LIST = "pk, checksum, version, uncertain, pending, deleted_at"
+_STATE_LIST = "pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums"
+#: The state's columns before per-mapping checksums (a state committed by an earlier release has these).
+_STATE_LIST_V1 = "pk, checksum, version, uncertain, pending, deleted_at"
 
 
 def wrap_model(statement: str) -> str:
@@ -112,14 +115,32 @@ def empty_previous(dialect: Dialect) -> str:
     return dialect.create_temp("sp_prev", STATE_COLUMNS)
 
 
-def copy_previous(dialect: Dialect, state: str) -> str:
+def copy_previous(dialect: Dialect, state: str, *, has_mapping_checksums: bool = True) -> str:
     """
     ``sp_prev`` as a copy of the state table.
 
     :param dialect: the warehouse's dialect.
     :param state: the state table's qualified name.
+    :param has_mapping_checksums: the state has the ``mapping_checksums`` column (``False``: a state an
+        earlier release committed, read by a dry run, which does not upgrade it; the copy has NULL there).
     """
-    return dialect.create_temp_as("sp_prev", f"SELECT * FROM {state}")
+    if has_mapping_checksums:
+        return dialect.create_temp_as("sp_prev", f"SELECT {_STATE_LIST} FROM {state}")
+    empty = f"CAST(NULL AS {dialect.sql_type('LONG_TEXT')})"
+    return dialect.create_temp_as(
+        "sp_prev", f"SELECT {_STATE_LIST_V1}, {empty} AS mapping_checksums FROM {state}"
+    )
+
+
+def add_mapping_checksums(dialect: Dialect, state: str) -> str:
+    """
+    Upgrade a state an earlier release committed: add its ``mapping_checksums`` column (NULL: the
+    per-mapping view of those records is unknown until they next change; see ``docs/change-detection.md``).
+
+    :param dialect: the warehouse's dialect.
+    :param state: the state table's qualified name.
+    """
+    return f"ALTER TABLE {state} ADD COLUMN mapping_checksums {dialect.sql_type('LONG_TEXT')}"
 
 
 def journal_table(dialect: Dialect) -> str:
@@ -142,7 +163,7 @@ def fold_journal(dialect: Dialect) -> list[str]:
         f"UPDATE {prev} SET uncertain = 1 WHERE deleted_at IS NULL AND pk IN (SELECT pk FROM {journal})",
         f"DELETE FROM {prev} WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM {journal})",
         f"INSERT INTO {prev} ({_STATE_LIST}) "
-        f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM {journal} j "
+        f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL, NULL FROM {journal} j "
         f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk",
     ]
 
@@ -174,7 +195,9 @@ def diff(dialect: Dialect, previous: str) -> str:
         f"CASE WHEN {live} THEN p.version END AS prev_version, {version} AS version, "
         "CASE WHEN c.pk IS NULL THEN 'deleted' "
         f"WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
-        f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending "
+        f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, "
+        f"CASE WHEN {live} THEN p.uncertain ELSE 0 END AS uncertain, "
+        f"CASE WHEN {live} THEN p.mapping_checksums END AS prev_mapping_checksums "
         f"FROM {dialect.temp_table('sp_cur')} c FULL OUTER JOIN {previous} p ON p.pk = c.pk "
         f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)",
     )
@@ -187,6 +210,21 @@ def marks_table(dialect: Dialect) -> str:
     :param dialect: the warehouse's dialect.
     """
     return dialect.create_temp("sp_marks", (("pk", "TEXT"), ("mark", "INTEGER")))
+
+
+def mapping_checksums_table(dialect: Dialect) -> str:
+    """
+    ``sp_mapsums``: per fetched record, the packed per-mapping checksums the worker computed from its
+    values (:class:`~..checksum.MappingChecksums`, in hex): ``current`` (of the values read now), ``kept``
+    (the held ones that are still current: what Segment holds if this run's sends are held back) and
+    ``unchanged`` (1: no followed mapping's inputs changed, nothing was sent for it).
+
+    :param dialect: the warehouse's dialect.
+    """
+    return dialect.create_temp(
+        "sp_mapsums",
+        (("pk", "TEXT"), ("current", "LONG_TEXT"), ("kept", "LONG_TEXT"), ("unchanged", "SMALLINT")),
+    )
 
 
 def changed_rows(dialect: Dialect, columns: Sequence[str]) -> str:
@@ -210,7 +248,8 @@ def classifications(dialect: Dialect) -> str:
     :param dialect: the warehouse's dialect.
     """
     return (
-        f"SELECT pk, checksum, version, kind, pending FROM {dialect.temp_table('sp_diff')} "
+        "SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums "
+        f"FROM {dialect.temp_table('sp_diff')} "
         "WHERE kind <> 'deleted' ORDER BY pos"
     )
 
@@ -281,7 +320,9 @@ def commit_statements(
     :param tombstones_expire: tombstones deleted at or before this time are removed.
     """
     ph, diff_table, flags_table = dialect.ph, dialect.temp_table("sp_diff"), dialect.temp_table("sp_flags")
+    mapsums = dialect.temp_table("sp_mapsums")
     failed = "coalesce(f.failed, 0) = 1"
+    unchanged = "coalesce(s.unchanged, 0) = 1"
     held_back = "(coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1)"
     statements: list[tuple[str, tuple[Any, ...] | None]] = []
     if previous_is_copy:
@@ -295,10 +336,12 @@ def commit_statements(
         (
             f"INSERT INTO {state} ({_STATE_LIST}) "
             f"SELECT d.pk, CASE WHEN {held_back} THEN d.prev_checksum ELSE d.checksum END, "
-            f"CASE WHEN {held_back} AND d.prev_checksum IS NOT NULL THEN d.prev_version ELSE d.version END, "
+            f"CASE WHEN {unchanged} OR ({held_back} AND d.prev_checksum IS NOT NULL) THEN d.prev_version "
+            "ELSE d.version END, "
             f"CASE WHEN {failed} AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, "
-            "coalesce(f.rejected, 0), NULL "
-            f"FROM {diff_table} d LEFT JOIN {flags_table} f ON f.pk = d.pk WHERE d.{upserts}",
+            f"coalesce(f.rejected, 0), NULL, CASE WHEN {held_back} THEN s.kept ELSE s.current END "
+            f"FROM {diff_table} d LEFT JOIN {flags_table} f ON f.pk = d.pk "
+            f"LEFT JOIN {mapsums} s ON s.pk = d.pk WHERE d.{upserts}",
             None,
         ),
     ]
@@ -308,7 +351,7 @@ def commit_statements(
             (f"UPDATE {state} SET uncertain = 1, pending = 0 WHERE pk IN ({failed_deletes})", None),
             (
                 f"UPDATE {state} SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, "
-                f"pending = 0, deleted_at = {ph} WHERE pk IN (SELECT pk FROM {diff_table} WHERE kind = 'deleted') "
+                f"pending = 0, deleted_at = {ph}, mapping_checksums = NULL WHERE pk IN (SELECT pk FROM {diff_table} WHERE kind = 'deleted') "
                 f"AND pk NOT IN ({failed_deletes})",
                 (now,),
             ),
@@ -412,12 +455,14 @@ def render_statements(
         ("diff", diff(dialect, previous)),
         ("diff_index", dialect.temp_index("sp_diff", "pos")),
         ("marks", marks_table(dialect)),
+        ("mapping_checksums", mapping_checksums_table(dialect)),
         ("analyze_diff", dialect.analyze("sp_diff")),
         ("changed_rows", changed_rows(dialect, columns)),
         ("classifications", classifications(dialect)),
         ("deleted_rows", deleted_rows(dialect)),
         ("flags", flags(dialect)),
         ("flags_index", dialect.temp_index("sp_flags", "pk", unique=True)),
+        ("mapping_checksums_index", dialect.temp_index("sp_mapsums", "pk", unique=True)),
         ("move_generation", move_generation(dialect, meta)),
     ]
     commit = commit_statements(

@@ -5,7 +5,7 @@ SET TIME ZONE 'UTC';
 CREATE TABLE IF NOT EXISTS `segment_profiles`.`syncs` (sync_id STRING NOT NULL, state_table STRING NOT NULL, generation BIGINT NOT NULL, dialect STRING, definition INT, used_columns STRING, updated_at BIGINT) USING DELTA;
 
 -- state_ddl
-CREATE TABLE IF NOT EXISTS `segment_profiles`.`sp_sync_customers_0123456789ab` (pk STRING NOT NULL, checksum STRING, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL, pending SMALLINT NOT NULL, deleted_at BIGINT) USING DELTA;
+CREATE TABLE IF NOT EXISTS `segment_profiles`.`sp_sync_customers_0123456789ab` (pk STRING NOT NULL, checksum STRING, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL, pending SMALLINT NOT NULL, deleted_at BIGINT, mapping_checksums STRING) USING DELTA;
 
 -- insert_meta
 INSERT INTO `segment_profiles`.`syncs` (sync_id, state_table, generation) SELECT ?, ?, 0 WHERE NOT EXISTS (SELECT 1 FROM `segment_profiles`.`syncs` WHERE sync_id = ?);
@@ -30,7 +30,7 @@ SELECT __sp_key, count(*) - 1 FROM `sp_model` WHERE __sp_key IS NOT NULL GROUP B
 CREATE TEMPORARY TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM `sp_model` WHERE __sp_key IS NOT NULL AND __sp_pos IN (SELECT min(__sp_pos) FROM `sp_model` WHERE __sp_key IS NOT NULL GROUP BY __sp_key);
 
 -- copy_previous
-CREATE TEMPORARY TABLE sp_prev AS SELECT * FROM `segment_profiles`.`sp_sync_customers_0123456789ab`;
+CREATE TEMPORARY TABLE sp_prev AS SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM `segment_profiles`.`sp_sync_customers_0123456789ab`;
 
 -- journal
 CREATE TEMPORARY TABLE sp_journal (pk STRING, version BIGINT);
@@ -42,19 +42,22 @@ UPDATE `sp_prev` SET uncertain = 1 WHERE deleted_at IS NULL AND pk IN (SELECT pk
 DELETE FROM `sp_prev` WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM `sp_journal`);
 
 -- fold_journal_2
-INSERT INTO `sp_prev` (pk, checksum, version, uncertain, pending, deleted_at) SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM `sp_journal` j WHERE NOT EXISTS (SELECT 1 FROM `sp_prev` p WHERE p.pk = j.pk) GROUP BY j.pk;
+INSERT INTO `sp_prev` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT j.pk, NULL, min(j.version), 1, 0, NULL, NULL FROM `sp_journal` j WHERE NOT EXISTS (SELECT 1 FROM `sp_prev` p WHERE p.pk = j.pk) GROUP BY j.pk;
 
 -- diff
-CREATE TEMPORARY TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN GREATEST(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending FROM `sp_cur` c FULL OUTER JOIN `sp_prev` p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
+CREATE TEMPORARY TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN GREATEST(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.uncertain ELSE 0 END AS uncertain, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.mapping_checksums END AS prev_mapping_checksums FROM `sp_cur` c FULL OUTER JOIN `sp_prev` p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
 
 -- marks
 CREATE TEMPORARY TABLE sp_marks (pk STRING, mark INTEGER);
+
+-- mapping_checksums
+CREATE TEMPORARY TABLE sp_mapsums (pk STRING, current STRING, kept STRING, unchanged SMALLINT);
 
 -- changed_rows
 SELECT m.`customer_id`, m.`email`, m.`plan`, m.`score`, m.`signed_up_at`, m.`tags` FROM `sp_model` m JOIN `sp_diff` d ON d.pos = m.__sp_pos ORDER BY d.pos;
 
 -- classifications
-SELECT pk, checksum, version, kind, pending FROM `sp_diff` WHERE kind <> 'deleted' ORDER BY pos;
+SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums FROM `sp_diff` WHERE kind <> 'deleted' ORDER BY pos;
 
 -- deleted_rows
 SELECT pk, prev_checksum, version FROM `sp_diff` WHERE kind = 'deleted' ORDER BY pk;
@@ -69,19 +72,19 @@ UPDATE `segment_profiles`.`syncs` SET generation = ?, dialect = ?, definition = 
 DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab`;
 
 -- commit_1
-INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at) SELECT pk, checksum, version, uncertain, pending, deleted_at FROM `sp_prev`;
+INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM `sp_prev`;
 
 -- commit_2
 DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind IN ('added', 'updated'));
 
 -- commit_3
-INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL FROM `sp_diff` d LEFT JOIN `sp_flags` f ON f.pk = d.pk WHERE d.kind IN ('added', 'updated');
+INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM `sp_diff` d LEFT JOIN `sp_flags` f ON f.pk = d.pk LEFT JOIN `sp_mapsums` s ON s.pk = d.pk WHERE d.kind IN ('added', 'updated');
 
 -- commit_4
 UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
 
 -- commit_5
-UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ? WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
+UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ?, mapping_checksums = NULL WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
 
 -- commit_6
 DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE deleted_at IS NOT NULL AND deleted_at <= ?;

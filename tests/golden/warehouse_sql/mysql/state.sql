@@ -5,7 +5,7 @@ SET time_zone = '+00:00';
 CREATE TABLE IF NOT EXISTS `segment_profiles`.`syncs` (sync_id VARCHAR(255) NOT NULL PRIMARY KEY, state_table VARCHAR(255) NOT NULL, generation BIGINT NOT NULL, dialect VARCHAR(64), definition INTEGER, used_columns TEXT, updated_at BIGINT);
 
 -- state_ddl
-CREATE TABLE IF NOT EXISTS `segment_profiles`.`sp_sync_customers_0123456789ab` (pk VARCHAR(255) NOT NULL PRIMARY KEY, checksum VARCHAR(64), version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT);
+CREATE TABLE IF NOT EXISTS `segment_profiles`.`sp_sync_customers_0123456789ab` (pk VARCHAR(255) NOT NULL PRIMARY KEY, checksum VARCHAR(64), version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT, mapping_checksums TEXT);
 
 -- insert_meta
 INSERT IGNORE INTO `segment_profiles`.`syncs` (sync_id, state_table, generation) VALUES (%s, %s, 0);
@@ -30,16 +30,19 @@ SELECT __sp_key, count(*) - 1 FROM `sp_model` WHERE __sp_key IS NOT NULL GROUP B
 CREATE TEMPORARY TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM `sp_model` WHERE __sp_key IS NOT NULL AND __sp_pos IN (SELECT min(__sp_pos) FROM `sp_model` WHERE __sp_key IS NOT NULL GROUP BY __sp_key);
 
 -- diff
-CREATE TEMPORARY TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN GREATEST(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending FROM `sp_cur` c FULL OUTER JOIN `segment_profiles`.`sp_sync_customers_0123456789ab` p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
+CREATE TEMPORARY TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN GREATEST(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.uncertain ELSE 0 END AS uncertain, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.mapping_checksums END AS prev_mapping_checksums FROM `sp_cur` c FULL OUTER JOIN `segment_profiles`.`sp_sync_customers_0123456789ab` p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
 
 -- marks
 CREATE TEMPORARY TABLE sp_marks (pk VARCHAR(255), mark INTEGER);
+
+-- mapping_checksums
+CREATE TEMPORARY TABLE sp_mapsums (pk VARCHAR(255), current TEXT, kept TEXT, unchanged SMALLINT);
 
 -- changed_rows
 SELECT m.`customer_id`, m.`email`, m.`plan`, m.`score`, m.`signed_up_at`, m.`tags` FROM `sp_model` m JOIN `sp_diff` d ON d.pos = m.__sp_pos ORDER BY d.pos;
 
 -- classifications
-SELECT pk, checksum, version, kind, pending FROM `sp_diff` WHERE kind <> 'deleted' ORDER BY pos;
+SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums FROM `sp_diff` WHERE kind <> 'deleted' ORDER BY pos;
 
 -- deleted_rows
 SELECT pk, prev_checksum, version FROM `sp_diff` WHERE kind = 'deleted' ORDER BY pk;
@@ -54,13 +57,13 @@ UPDATE `segment_profiles`.`syncs` SET generation = %s, dialect = %s, definition 
 DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind IN ('added', 'updated'));
 
 -- commit_1
-INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL FROM `sp_diff` d LEFT JOIN `sp_flags` f ON f.pk = d.pk WHERE d.kind IN ('added', 'updated');
+INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM `sp_diff` d LEFT JOIN `sp_flags` f ON f.pk = d.pk LEFT JOIN `sp_mapsums` s ON s.pk = d.pk WHERE d.kind IN ('added', 'updated');
 
 -- commit_2
 UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
 
 -- commit_3
-UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = %s WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
+UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = %s, mapping_checksums = NULL WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);
 
 -- commit_4
 DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE deleted_at IS NOT NULL AND deleted_at <= %s;

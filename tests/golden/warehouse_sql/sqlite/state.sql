@@ -2,7 +2,7 @@
 CREATE TABLE IF NOT EXISTS "segment_profiles__syncs" (sync_id TEXT PRIMARY KEY, state_table TEXT NOT NULL, generation BIGINT NOT NULL, dialect TEXT, definition INTEGER, used_columns TEXT, updated_at BIGINT);
 
 -- state_ddl
-CREATE TABLE IF NOT EXISTS "segment_profiles__sp_sync_customers_0123456789ab" (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS "segment_profiles__sp_sync_customers_0123456789ab" (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT, mapping_checksums TEXT) WITHOUT ROWID;
 
 -- tombstone_index
 CREATE INDEX IF NOT EXISTS "segment_profiles__sp_sync_customers_0123456789ab_deleted" ON "segment_profiles__sp_sync_customers_0123456789ab" (deleted_at) WHERE deleted_at IS NOT NULL;
@@ -36,7 +36,7 @@ CREATE TEMP TABLE sp_cur AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __
 CREATE UNIQUE INDEX temp."sp_cur_pk" ON "sp_cur" (pk);
 
 -- diff
-CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN max(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending FROM temp."sp_cur" c FULL OUTER JOIN "segment_profiles__sp_sync_customers_0123456789ab" p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
+CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN max(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.uncertain ELSE 0 END AS uncertain, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.mapping_checksums END AS prev_mapping_checksums FROM temp."sp_cur" c FULL OUTER JOIN "segment_profiles__sp_sync_customers_0123456789ab" p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
 
 -- diff_index
 CREATE INDEX temp."sp_diff_pos" ON "sp_diff" (pos);
@@ -44,11 +44,14 @@ CREATE INDEX temp."sp_diff_pos" ON "sp_diff" (pos);
 -- marks
 CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER);
 
+-- mapping_checksums
+CREATE TEMP TABLE sp_mapsums (pk TEXT, current TEXT, kept TEXT, unchanged SMALLINT);
+
 -- changed_rows
 SELECT m."customer_id", m."email", m."plan", m."score", m."signed_up_at", m."tags" FROM temp."sp_model" m JOIN temp."sp_diff" d ON d.pos = m.__sp_pos ORDER BY d.pos;
 
 -- classifications
-SELECT pk, checksum, version, kind, pending FROM temp."sp_diff" WHERE kind <> 'deleted' ORDER BY pos;
+SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums FROM temp."sp_diff" WHERE kind <> 'deleted' ORDER BY pos;
 
 -- deleted_rows
 SELECT pk, prev_checksum, version FROM temp."sp_diff" WHERE kind = 'deleted' ORDER BY pk;
@@ -59,6 +62,9 @@ CREATE TEMP TABLE sp_flags AS SELECT pk, max(CASE WHEN mark = 1 THEN 1 ELSE 0 EN
 -- flags_index
 CREATE UNIQUE INDEX temp."sp_flags_pk" ON "sp_flags" (pk);
 
+-- mapping_checksums_index
+CREATE UNIQUE INDEX temp."sp_mapsums_pk" ON "sp_mapsums" (pk);
+
 -- move_generation
 UPDATE "segment_profiles__syncs" SET generation = ?, dialect = ?, definition = ?, used_columns = ?, updated_at = ? WHERE sync_id = ? AND generation = ?;
 
@@ -66,13 +72,13 @@ UPDATE "segment_profiles__syncs" SET generation = ?, dialect = ?, definition = ?
 DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind IN ('added', 'updated'));
 
 -- commit_1
-INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL FROM temp."sp_diff" d LEFT JOIN temp."sp_flags" f ON f.pk = d.pk WHERE d.kind IN ('added', 'updated');
+INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM temp."sp_diff" d LEFT JOIN temp."sp_flags" f ON f.pk = d.pk LEFT JOIN temp."sp_mapsums" s ON s.pk = d.pk WHERE d.kind IN ('added', 'updated');
 
 -- commit_2
 UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);
 
 -- commit_3
-UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ? WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);
+UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ?, mapping_checksums = NULL WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);
 
 -- commit_4
 DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE deleted_at IS NOT NULL AND deleted_at <= ?;

@@ -129,6 +129,12 @@ def changed_among(
     :param held: the packed digests of the values Segment holds (8 bytes each).
     :return: ``(names of the changed mappings, the packed digests of the unchanged ones)``.
     """
+    if len(digests) == 1:  # one followed mapping, the usual case: no set to build (runs per changed record)
+        (digest,) = digests
+        same = (
+            digest == held if len(held) == 8 else digest in {held[s : s + 8] for s in range(0, len(held), 8)}
+        )
+        return ((), digest) if same else (tuple(names), b"")
     known = {held[start : start + 8] for start in range(0, len(held), 8)}
     changed = tuple(name for name, digest in zip(names, digests, strict=True) if digest not in known)
     return changed, b"".join(digest for digest in digests if digest in known)

@@ -78,18 +78,64 @@ def _load(wh, rows) -> None:
     conn.close()
 
 
+class _Between:
+    """A connection that runs ``statement`` just before the engine reads the model a second time (``sp_rows``),
+    as if another writer changed the model between the engine's two readings."""
+
+    def __init__(self, conn, statement: str) -> None:
+        self._conn, self._statement = conn, statement
+
+    def cursor(self, *args, **kwargs):
+        return _BetweenCursor(self._conn.cursor(*args, **kwargs), self)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name, value):  # e.g. the SQLite dialect's isolation_level
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._conn, name, value)
+
+
+def _between(conn, statement: str) -> _Between:
+    # The engine picks its dialect by the connection's module, so the wrapper carries the driver's.
+    return type("Between", (_Between,), {"__module__": type(conn).__module__})(conn, statement)
+
+
+class _BetweenCursor:
+    def __init__(self, cursor, conn: _Between) -> None:
+        self._cursor, self._conn = cursor, conn
+
+    def execute(self, statement, *args):
+        if self._conn._statement and "sp_rows AS" in statement:
+            self._cursor.execute(self._conn._statement)
+            self._conn._statement = None
+        return self._cursor.execute(statement, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
+
+
 def _run(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejected=()):
     """
     One warehouse-engine run over ``rows``: diff in the warehouse, read the changed rows as the source
     does, detect, mark, commit. Returns the committed head and ``key -> (kind, changed mappings, token)``.
     """
-    _load(wh, rows)
+    head, changes, unchanged = run_changes(wh, tmp_path, head, rows, defined, failed, rejected)
+    return head, {c.key: (c.kind, c.changed_mappings, c.token) for c in changes}, unchanged
+
+
+def run_changes(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejected=(), between=None, log=LOG):
+    """:func:`_run`, returning the changes themselves; ``between`` runs before the second reading."""
+    if rows is not None:
+        _load(wh, rows)
     compiled = compile_mappings(defined or mappings(), sync_mode="diff", primary_key="id")
     location = StateLocation((tmp_path / "state").as_uri(), "dag", "task", -1)
     run = f"r{(head.generation if head else 0) + 1}"
     detector = WarehouseChangeDetector(
         mode=get_mode("diff"),
-        hook=SimpleNamespace(get_conn=wh.connect),
+        hook=SimpleNamespace(get_conn=lambda: _between(wh.connect(), between) if between else wh.connect()),
         location=location,
         previous=head,
         head=head,
@@ -100,7 +146,7 @@ def _run(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejected=()):
         full_refresh=False,
         dry_run=False,
         journal_tag=run,
-        log=LOG,
+        log=log,
     )
     try:
         query, parameters = detector.query(MODEL, None)
@@ -111,6 +157,7 @@ def _run(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejected=()):
         used = sorted({COLUMNS.index(c) for m in compiled for c in m.columns})
         detector.bind(COLUMNS, used, "|".join(m.fingerprint for m in compiled))
         changes = detector.detect([Record(tuple(row), str(row[0])) for row in fetched])
+        changes += [change for chunk in detector.deletions() for change in chunk]
         detector.mark_failed(failed)
         detector.mark_rejected(rejected)
         workdir = tmp_path / run
@@ -132,7 +179,7 @@ def _run(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejected=()):
         unchanged = detector.accounting.records[ChangeKind.UNCHANGED]
     finally:
         detector.close()
-    return head, {c.key: (c.kind, c.changed_mappings, c.token) for c in changes}, unchanged
+    return head, changes, unchanged
 
 
 def test_an_updated_record_names_the_mappings_whose_inputs_changed(warehouse, tmp_path):
@@ -199,3 +246,38 @@ def test_adding_removing_and_editing_mappings_touches_only_those_mappings(wareho
     # A literal edited (the event name): that mapping's fingerprint, so that mapping alone, changes.
     _, changes, _ = _run(warehouse, tmp_path, head, ROWS, defined=mappings(event_name="Plan Updated"))
     assert {key: changed for key, (_, changed, _) in changes.items()} == {k: ("plan_changed",) for k in "123"}
+
+
+# -- the model read twice: the diff from identifiers and checksums, then the changed rows' columns ----------
+def test_a_row_changed_between_the_two_readings_is_sent_and_committed_as_read_second(warehouse, tmp_path):
+    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+    rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
+    late = "UPDATE customers SET email = 'late@e' WHERE id = '1'"
+    head, changes, _ = run_changes(warehouse, tmp_path, head, rows, between=late)
+    (change,) = changes
+    assert change.key == "1" and tuple(change.row) == ("1", "late@e", "pro", "Ann")
+    # The state took the checksum of what was sent: the table as it is now is unchanged.
+    _, changes, unchanged = run_changes(warehouse, tmp_path, head, None)
+    assert changes == [] and unchanged == 3
+
+
+def test_a_record_gone_at_the_second_reading_is_neither_sent_nor_committed(warehouse, tmp_path, caplog):
+    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+    rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
+    gone = "DELETE FROM customers WHERE id = '1'"
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        head, changes, unchanged = run_changes(warehouse, tmp_path, head, rows, between=gone)
+    assert changes == [] and unchanged == 2
+    assert "1 changed records were gone or changed again" in caplog.text
+    # Its state is as before: the next run finds it deleted and sends the delete.
+    _, changes, unchanged = run_changes(warehouse, tmp_path, head, None)
+    assert [(c.kind, c.key) for c in changes] == [(ChangeKind.DELETED, "1")] and unchanged == 2
+
+
+def test_a_repeat_written_between_the_readings_sends_the_row_the_diff_kept(warehouse, tmp_path):
+    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+    rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
+    repeat = "INSERT INTO customers VALUES ('1', 'dup@e', 'team', 'Dup')"
+    head, changes, _ = run_changes(warehouse, tmp_path, head, rows, between=repeat)
+    (change,) = changes
+    assert tuple(change.row) == ("1", "a@e", "pro", "Ann")

@@ -391,25 +391,60 @@ class WarehouseChangeDetector:
                     f"({err}). {dialect.grant_advice(self.schema, 'temp')}; or use change_detection='worker'."
                 ) from err
             db_errors.raise_model_error(err, label)
-        self._maybe(dialect.temp_index("sp_model", "__sp_pos"))
         self._reject_null_keys()
         self._current_records()
         self._prepare_previous(exists)
         self._diff()
         kept = self._scalar(f"SELECT count(*) FROM {self._t('cur')}")
-        changed = self._scalar(f"SELECT count(*) FROM {self._t('diff')} WHERE kind <> 'deleted'")
-        unchanged = int(kept) - int(changed)
+        changed = int(self._scalar(f"SELECT count(*) FROM {self._t('diff')} WHERE kind <> 'deleted'"))
+        unchanged = int(kept) - changed
         self.accounting.records[ChangeKind.UNCHANGED] += unchanged
         self.accounting.rows_read += unchanged
+        read = self._read_changed(model, parameters, types, label, changed)
         self.log.info(
             "Warehouse change detection (state %s): %d records, %d changed (fetched), %d unchanged (counted "
             "in SQL)",
             self.state,
             kept,
-            changed,
+            read,
             unchanged,
         )
+        if read < changed:
+            self.log.warning(
+                "%d changed records were gone or changed again when the model was read a second time for "
+                "their columns: they are not sent or committed by this run; the next run sees them",
+                changed - read,
+            )
         return sql.changed_rows(dialect, columns), None
+
+    def _read_changed(
+        self, model: str, parameters: Any, types: Mapping[str, Any], label: str, changed: int
+    ) -> int:
+        """
+        ``sp_rows``: read the model a second time for the columns of the ``changed`` records only (not read
+        at all when nothing changed), keep one row per identifier, and return how many records it holds.
+
+        :raises ModelQueryError: the database refused the model this time.
+        """
+        dialect, used = self.dialect, self._used or []
+        statement = sql.materialise_changed(
+            dialect,
+            model,
+            self.primary_key,
+            self._seed or "",
+            used,
+            [types[c] for c in used],
+            empty=not changed,
+        )
+        try:
+            self._execute(statement, parameters).close()
+        except Exception as err:
+            db_errors.raise_model_error(err, label)
+        if changed:  # also when the first reading had no repeat: a row may have been added between them
+            self._execute(sql.keep_first_of_repeats(dialect)).close()
+        self._maybe(dialect.temp_index("sp_rows", "__sp_key", unique=True))
+        self._analyze("sp_rows")
+        return int(self._scalar(f"SELECT count(*) FROM {self._t('rows')}")) if changed else 0
 
     def _reject_null_keys(self) -> None:
         """Reject the rows whose unique identifier is NULL, as the source would."""
@@ -508,6 +543,7 @@ class WarehouseChangeDetector:
         """
         self._execute(sql.diff(self.dialect, self._prev)).close()
         self._maybe(self.dialect.temp_index("sp_diff", "pos"))
+        self._maybe(self.dialect.temp_index("sp_diff", "pk", unique=True))
         self._execute(sql.marks_table(self.dialect)).close()
         self._execute(sql.mapping_checksums_table(self.dialect)).close()
         self._analyze("sp_diff")  # plans the source's join and the commit's

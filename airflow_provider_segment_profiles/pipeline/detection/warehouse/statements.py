@@ -53,7 +53,8 @@ def materialise_model(
     dialect: Dialect, model: str, primary_key: str, seed: str, used: Sequence[str], types: Sequence[Any]
 ) -> str:
     """
-    ``sp_model``: the model with each row's identifier as text, its checksum and its position.
+    ``sp_model``: the model as its rows' identifiers (as text), checksums and positions only, no column of
+    its own: the diff needs no more, and a model whose rows did not change is never written out whole.
 
     :param dialect: the warehouse's dialect.
     :param model: the model from :func:`wrap_model`.
@@ -66,8 +67,61 @@ def materialise_model(
     checksum = dialect.checksum_sql(seed, used, types)
     return dialect.create_temp_as(
         "sp_model",
-        f"SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, {dialect.position_sql()} AS __sp_pos "
+        f"SELECT {key} AS __sp_key, {checksum} AS __sp_checksum, {dialect.position_sql()} AS __sp_pos "
         f"FROM {model}",
+    )
+
+
+def materialise_changed(
+    dialect: Dialect,
+    model: str,
+    primary_key: str,
+    seed: str,
+    used: Sequence[str],
+    types: Sequence[Any],
+    *,
+    empty: bool = False,
+) -> str:
+    """
+    ``sp_rows``: the model read again, only the rows of the added and updated records, with every column,
+    the identifier and the checksum recomputed from this reading. The rows sent and the checksums committed
+    both come from this table, so a row that changed between the two readings is sent and committed as
+    read here; a record the second reading no longer has is neither sent nor committed (the next run sees
+    it). ``__sp_row`` tells the rows of a repeated identifier apart (:func:`keep_first_of_repeats`).
+
+    :param dialect: the warehouse's dialect.
+    :param model: the model from :func:`wrap_model`.
+    :param primary_key: the unique identifier column.
+    :param seed: the mappings' fingerprints, ``|``-joined.
+    :param used: the columns the checksum covers.
+    :param types: the result types of ``used``.
+    :param empty: nothing changed: the table is created with no row, without reading the model.
+    """
+    key = dialect.key_sql(f"sp_m.{dialect.quote(primary_key)}")
+    checksum = dialect.checksum_sql(seed, used, types)
+    diff_table = dialect.temp_table("sp_diff")
+    return dialect.create_temp_as(
+        "sp_rows",
+        f"SELECT sp_m.*, {key} AS __sp_key, {checksum} AS __sp_checksum, {dialect.position_sql()} AS __sp_row "
+        f"FROM {model} JOIN {diff_table} d ON d.pk = {key} AND d.kind <> 'deleted'"
+        + (" WHERE 1 = 0" if empty else ""),
+    )
+
+
+def keep_first_of_repeats(dialect: Dialect) -> str:
+    """
+    Where an identifier repeats in ``sp_rows``, keep the one row whose checksum is the one the diff kept (the
+    identifier's first row in the first reading; the others are rejected as repeats there), once; an
+    identifier none of whose rows has it is left out (not sent, not committed: the next run sees it). An
+    identifier read once is kept as read. Reads ``sp_rows`` only, so it costs what changed.
+
+    :param dialect: the warehouse's dialect.
+    """
+    rows, cur = dialect.temp_table("sp_rows"), dialect.temp_table("sp_cur")
+    return (
+        f"DELETE FROM {rows} WHERE __sp_key IN (SELECT __sp_key FROM {rows} GROUP BY __sp_key "
+        "HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM "
+        f"{rows} r JOIN {cur} c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key)"
     )
 
 
@@ -235,10 +289,12 @@ def changed_rows(dialect: Dialect, columns: Sequence[str]) -> str:
     :param columns: the model's columns.
     """
     selected = ", ".join(f"m.{dialect.quote(c)}" for c in columns)
-    return (
-        f"SELECT {selected} FROM {dialect.temp_table('sp_model')} m JOIN {dialect.temp_table('sp_diff')} d "
-        "ON d.pos = m.__sp_pos ORDER BY d.pos"
-    )
+    return f"SELECT {selected} FROM {_rows_with_diff(dialect)} ORDER BY d.pos"
+
+
+def _rows_with_diff(dialect: Dialect) -> str:
+    """The join both :func:`changed_rows` and :func:`classifications` read, so their rows line up."""
+    return f"{dialect.temp_table('sp_rows')} m JOIN {dialect.temp_table('sp_diff')} d ON d.pk = m.__sp_key"
 
 
 def classifications(dialect: Dialect) -> str:
@@ -248,9 +304,8 @@ def classifications(dialect: Dialect) -> str:
     :param dialect: the warehouse's dialect.
     """
     return (
-        "SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums "
-        f"FROM {dialect.temp_table('sp_diff')} "
-        "WHERE kind <> 'deleted' ORDER BY pos"
+        "SELECT d.pk, m.__sp_checksum, d.version, d.kind, d.pending, d.uncertain, d.prev_mapping_checksums "
+        f"FROM {_rows_with_diff(dialect)} ORDER BY d.pos"
     )
 
 
@@ -330,18 +385,19 @@ def commit_statements(
             (dialect.delete_all(state), None),
             (f"INSERT INTO {state} ({_STATE_LIST}) SELECT {_STATE_LIST} FROM {previous}", None),
         ]
-    upserts = "kind IN ('added', 'updated')"
+    # Only the records the run read again (sp_rows): one the second reading no longer had keeps its state.
+    rows = dialect.temp_table("sp_rows")
     statements += [
-        (f"DELETE FROM {state} WHERE pk IN (SELECT pk FROM {diff_table} WHERE {upserts})", None),
+        (f"DELETE FROM {state} WHERE pk IN (SELECT __sp_key FROM {rows})", None),
         (
             f"INSERT INTO {state} ({_STATE_LIST}) "
-            f"SELECT d.pk, CASE WHEN {held_back} THEN d.prev_checksum ELSE d.checksum END, "
+            f"SELECT d.pk, CASE WHEN {held_back} THEN d.prev_checksum ELSE r.__sp_checksum END, "
             f"CASE WHEN {unchanged} OR ({held_back} AND d.prev_checksum IS NOT NULL) THEN d.prev_version "
             "ELSE d.version END, "
             f"CASE WHEN {failed} AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, "
             f"coalesce(f.rejected, 0), NULL, CASE WHEN {held_back} THEN s.kept ELSE s.current END "
-            f"FROM {diff_table} d LEFT JOIN {flags_table} f ON f.pk = d.pk "
-            f"LEFT JOIN {mapsums} s ON s.pk = d.pk WHERE d.{upserts}",
+            f"FROM {rows} r JOIN {diff_table} d ON d.pk = r.__sp_key LEFT JOIN {flags_table} f ON f.pk = d.pk "
+            f"LEFT JOIN {mapsums} s ON s.pk = d.pk",
             None,
         ),
     ]
@@ -432,7 +488,6 @@ def render_statements(
                 dialect, model, primary_key, "|".join(fingerprints), used, [by_name[c] for c in used]
             ),
         ),
-        ("model_index", dialect.temp_index("sp_model", "__sp_pos")),
         ("null_keys", null_keys(dialect)),
         ("repeated_keys", repeated_keys(dialect)),
         ("current_records", current_records(dialect, without_repeats=True)),
@@ -454,9 +509,19 @@ def render_statements(
     steps += [
         ("diff", diff(dialect, previous)),
         ("diff_index", dialect.temp_index("sp_diff", "pos")),
+        ("diff_key_index", dialect.temp_index("sp_diff", "pk", unique=True)),
         ("marks", marks_table(dialect)),
         ("mapping_checksums", mapping_checksums_table(dialect)),
         ("analyze_diff", dialect.analyze("sp_diff")),
+        (
+            "materialise_changed",
+            materialise_changed(
+                dialect, model, primary_key, "|".join(fingerprints), used, [by_name[c] for c in used]
+            ),
+        ),
+        ("keep_first_of_repeats", keep_first_of_repeats(dialect)),
+        ("rows_index", dialect.temp_index("sp_rows", "__sp_key", unique=True)),
+        ("analyze_rows", dialect.analyze("sp_rows")),
         ("changed_rows", changed_rows(dialect, columns)),
         ("classifications", classifications(dialect)),
         ("deleted_rows", deleted_rows(dialect)),

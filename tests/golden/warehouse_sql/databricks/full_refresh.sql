@@ -16,7 +16,7 @@ SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE 
 ) sp_m WHERE 1 = 0;
 
 -- materialise_model
-CREATE TEMPORARY TABLE sp_model AS SELECT sp_m.*, CAST(sp_m.`customer_id` AS STRING) AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || to_json(named_struct('v', `customer_id`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `email`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `score`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `signed_up_at`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `tags`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX'))), 1, 16) AS __sp_checksum, monotonically_increasing_id() + 1 AS __sp_pos FROM (
+CREATE TEMPORARY TABLE sp_model AS SELECT CAST(sp_m.`customer_id` AS STRING) AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || to_json(named_struct('v', `customer_id`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `email`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `score`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `signed_up_at`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `tags`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX'))), 1, 16) AS __sp_checksum, monotonically_increasing_id() + 1 AS __sp_pos FROM (
 SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
 ) sp_m;
 
@@ -41,11 +41,19 @@ CREATE TEMPORARY TABLE sp_marks (pk STRING, mark INTEGER);
 -- mapping_checksums
 CREATE TEMPORARY TABLE sp_mapsums (pk STRING, current STRING, kept STRING, unchanged SMALLINT);
 
+-- materialise_changed
+CREATE TEMPORARY TABLE sp_rows AS SELECT sp_m.*, CAST(sp_m.`customer_id` AS STRING) AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || to_json(named_struct('v', `customer_id`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `email`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `score`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `signed_up_at`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX')) || '|' || to_json(named_struct('v', `tags`), map('timestampFormat', 'yyyy-MM-dd HH:mm:ss.SSSSSSXXX'))), 1, 16) AS __sp_checksum, monotonically_increasing_id() + 1 AS __sp_row FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m JOIN `sp_diff` d ON d.pk = CAST(sp_m.`customer_id` AS STRING) AND d.kind <> 'deleted';
+
+-- keep_first_of_repeats
+DELETE FROM `sp_rows` WHERE __sp_key IN (SELECT __sp_key FROM `sp_rows` GROUP BY __sp_key HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM `sp_rows` r JOIN `sp_cur` c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key);
+
 -- changed_rows
-SELECT m.`customer_id`, m.`email`, m.`plan`, m.`score`, m.`signed_up_at`, m.`tags` FROM `sp_model` m JOIN `sp_diff` d ON d.pos = m.__sp_pos ORDER BY d.pos;
+SELECT m.`customer_id`, m.`email`, m.`plan`, m.`score`, m.`signed_up_at`, m.`tags` FROM `sp_rows` m JOIN `sp_diff` d ON d.pk = m.__sp_key ORDER BY d.pos;
 
 -- classifications
-SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums FROM `sp_diff` WHERE kind <> 'deleted' ORDER BY pos;
+SELECT d.pk, m.__sp_checksum, d.version, d.kind, d.pending, d.uncertain, d.prev_mapping_checksums FROM `sp_rows` m JOIN `sp_diff` d ON d.pk = m.__sp_key ORDER BY d.pos;
 
 -- deleted_rows
 SELECT pk, prev_checksum, version FROM `sp_diff` WHERE kind = 'deleted' ORDER BY pk;
@@ -63,10 +71,10 @@ DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab`;
 INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM `sp_prev`;
 
 -- commit_2
-DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE pk IN (SELECT pk FROM `sp_diff` WHERE kind IN ('added', 'updated'));
+DELETE FROM `segment_profiles`.`sp_sync_customers_0123456789ab` WHERE pk IN (SELECT __sp_key FROM `sp_rows`);
 
 -- commit_3
-INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM `sp_diff` d LEFT JOIN `sp_flags` f ON f.pk = d.pk LEFT JOIN `sp_mapsums` s ON s.pk = d.pk WHERE d.kind IN ('added', 'updated');
+INSERT INTO `segment_profiles`.`sp_sync_customers_0123456789ab` (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE r.__sp_checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM `sp_rows` r JOIN `sp_diff` d ON d.pk = r.__sp_key LEFT JOIN `sp_flags` f ON f.pk = d.pk LEFT JOIN `sp_mapsums` s ON s.pk = d.pk;
 
 -- commit_4
 UPDATE `segment_profiles`.`sp_sync_customers_0123456789ab` SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM `sp_flags` WHERE delete_failed = 1);

@@ -16,12 +16,9 @@ SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE 
 ) sp_m WHERE 1 = 0;
 
 -- materialise_model
-CREATE TEMP TABLE sp_model AS SELECT sp_m.*, CASE WHEN typeof(sp_m."customer_id") = 'real' AND sp_m."customer_id" = CAST(sp_m."customer_id" AS INTEGER) THEN CAST(CAST(sp_m."customer_id" AS INTEGER) AS TEXT) WHEN typeof(sp_m."customer_id") = 'blob' THEN lower(hex(sp_m."customer_id")) ELSE CAST(sp_m."customer_id" AS TEXT) END AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || CASE typeof("customer_id") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "customer_id" WHEN 'real' THEN 'R' || printf('%!.17g', "customer_id") WHEN 'text' THEN 'T' || length("customer_id") || ':' || "customer_id" ELSE 'B' || hex("customer_id") END || '|' || CASE typeof("email") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "email" WHEN 'real' THEN 'R' || printf('%!.17g', "email") WHEN 'text' THEN 'T' || length("email") || ':' || "email" ELSE 'B' || hex("email") END || '|' || CASE typeof("score") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "score" WHEN 'real' THEN 'R' || printf('%!.17g', "score") WHEN 'text' THEN 'T' || length("score") || ':' || "score" ELSE 'B' || hex("score") END || '|' || CASE typeof("signed_up_at") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "signed_up_at" WHEN 'real' THEN 'R' || printf('%!.17g', "signed_up_at") WHEN 'text' THEN 'T' || length("signed_up_at") || ':' || "signed_up_at" ELSE 'B' || hex("signed_up_at") END || '|' || CASE typeof("tags") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "tags" WHEN 'real' THEN 'R' || printf('%!.17g', "tags") WHEN 'text' THEN 'T' || length("tags") || ':' || "tags" ELSE 'B' || hex("tags") END), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_pos FROM (
+CREATE TEMP TABLE sp_model AS SELECT CASE WHEN typeof(sp_m."customer_id") = 'real' AND sp_m."customer_id" = CAST(sp_m."customer_id" AS INTEGER) THEN CAST(CAST(sp_m."customer_id" AS INTEGER) AS TEXT) WHEN typeof(sp_m."customer_id") = 'blob' THEN lower(hex(sp_m."customer_id")) ELSE CAST(sp_m."customer_id" AS TEXT) END AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || CASE typeof("customer_id") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "customer_id" WHEN 'real' THEN 'R' || printf('%!.17g', "customer_id") WHEN 'text' THEN 'T' || length("customer_id") || ':' || "customer_id" ELSE 'B' || hex("customer_id") END || '|' || CASE typeof("email") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "email" WHEN 'real' THEN 'R' || printf('%!.17g', "email") WHEN 'text' THEN 'T' || length("email") || ':' || "email" ELSE 'B' || hex("email") END || '|' || CASE typeof("score") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "score" WHEN 'real' THEN 'R' || printf('%!.17g', "score") WHEN 'text' THEN 'T' || length("score") || ':' || "score" ELSE 'B' || hex("score") END || '|' || CASE typeof("signed_up_at") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "signed_up_at" WHEN 'real' THEN 'R' || printf('%!.17g', "signed_up_at") WHEN 'text' THEN 'T' || length("signed_up_at") || ':' || "signed_up_at" ELSE 'B' || hex("signed_up_at") END || '|' || CASE typeof("tags") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "tags" WHEN 'real' THEN 'R' || printf('%!.17g', "tags") WHEN 'text' THEN 'T' || length("tags") || ':' || "tags" ELSE 'B' || hex("tags") END), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_pos FROM (
 SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
 ) sp_m;
-
--- model_index
-CREATE INDEX temp."sp_model_sp_pos" ON "sp_model" (__sp_pos);
 
 -- null_keys
 SELECT __sp_pos FROM temp."sp_model" WHERE __sp_key IS NULL ORDER BY __sp_pos;
@@ -47,17 +44,31 @@ CREATE TEMP TABLE sp_diff AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.
 -- diff_index
 CREATE INDEX temp."sp_diff_pos" ON "sp_diff" (pos);
 
+-- diff_key_index
+CREATE UNIQUE INDEX temp."sp_diff_pk" ON "sp_diff" (pk);
+
 -- marks
 CREATE TEMP TABLE sp_marks (pk TEXT, mark INTEGER);
 
 -- mapping_checksums
 CREATE TEMP TABLE sp_mapsums (pk TEXT, current TEXT, kept TEXT, unchanged SMALLINT);
 
+-- materialise_changed
+CREATE TEMP TABLE sp_rows AS SELECT sp_m.*, CASE WHEN typeof(sp_m."customer_id") = 'real' AND sp_m."customer_id" = CAST(sp_m."customer_id" AS INTEGER) THEN CAST(CAST(sp_m."customer_id" AS INTEGER) AS TEXT) WHEN typeof(sp_m."customer_id") = 'blob' THEN lower(hex(sp_m."customer_id")) ELSE CAST(sp_m."customer_id" AS TEXT) END AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || CASE typeof("customer_id") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "customer_id" WHEN 'real' THEN 'R' || printf('%!.17g', "customer_id") WHEN 'text' THEN 'T' || length("customer_id") || ':' || "customer_id" ELSE 'B' || hex("customer_id") END || '|' || CASE typeof("email") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "email" WHEN 'real' THEN 'R' || printf('%!.17g', "email") WHEN 'text' THEN 'T' || length("email") || ':' || "email" ELSE 'B' || hex("email") END || '|' || CASE typeof("score") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "score" WHEN 'real' THEN 'R' || printf('%!.17g', "score") WHEN 'text' THEN 'T' || length("score") || ':' || "score" ELSE 'B' || hex("score") END || '|' || CASE typeof("signed_up_at") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "signed_up_at" WHEN 'real' THEN 'R' || printf('%!.17g', "signed_up_at") WHEN 'text' THEN 'T' || length("signed_up_at") || ':' || "signed_up_at" ELSE 'B' || hex("signed_up_at") END || '|' || CASE typeof("tags") WHEN 'null' THEN 'N' WHEN 'integer' THEN 'I' || "tags" WHEN 'real' THEN 'R' || printf('%!.17g', "tags") WHEN 'text' THEN 'T' || length("tags") || ':' || "tags" ELSE 'B' || hex("tags") END), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_row FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m JOIN temp."sp_diff" d ON d.pk = CASE WHEN typeof(sp_m."customer_id") = 'real' AND sp_m."customer_id" = CAST(sp_m."customer_id" AS INTEGER) THEN CAST(CAST(sp_m."customer_id" AS INTEGER) AS TEXT) WHEN typeof(sp_m."customer_id") = 'blob' THEN lower(hex(sp_m."customer_id")) ELSE CAST(sp_m."customer_id" AS TEXT) END AND d.kind <> 'deleted';
+
+-- keep_first_of_repeats
+DELETE FROM temp."sp_rows" WHERE __sp_key IN (SELECT __sp_key FROM temp."sp_rows" GROUP BY __sp_key HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM temp."sp_rows" r JOIN temp."sp_cur" c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key);
+
+-- rows_index
+CREATE UNIQUE INDEX temp."sp_rows_sp_key" ON "sp_rows" (__sp_key);
+
 -- changed_rows
-SELECT m."customer_id", m."email", m."plan", m."score", m."signed_up_at", m."tags" FROM temp."sp_model" m JOIN temp."sp_diff" d ON d.pos = m.__sp_pos ORDER BY d.pos;
+SELECT m."customer_id", m."email", m."plan", m."score", m."signed_up_at", m."tags" FROM temp."sp_rows" m JOIN temp."sp_diff" d ON d.pk = m.__sp_key ORDER BY d.pos;
 
 -- classifications
-SELECT pk, checksum, version, kind, pending, uncertain, prev_mapping_checksums FROM temp."sp_diff" WHERE kind <> 'deleted' ORDER BY pos;
+SELECT d.pk, m.__sp_checksum, d.version, d.kind, d.pending, d.uncertain, d.prev_mapping_checksums FROM temp."sp_rows" m JOIN temp."sp_diff" d ON d.pk = m.__sp_key ORDER BY d.pos;
 
 -- deleted_rows
 SELECT pk, prev_checksum, version FROM temp."sp_diff" WHERE kind = 'deleted' ORDER BY pk;
@@ -81,10 +92,10 @@ DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab";
 INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM temp."sp_prev";
 
 -- commit_2
-DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE pk IN (SELECT pk FROM temp."sp_diff" WHERE kind IN ('added', 'updated'));
+DELETE FROM "segment_profiles__sp_sync_customers_0123456789ab" WHERE pk IN (SELECT __sp_key FROM temp."sp_rows");
 
 -- commit_3
-INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE d.checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM temp."sp_diff" d LEFT JOIN temp."sp_flags" f ON f.pk = d.pk LEFT JOIN temp."sp_mapsums" s ON s.pk = d.pk WHERE d.kind IN ('added', 'updated');
+INSERT INTO "segment_profiles__sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE r.__sp_checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM temp."sp_rows" r JOIN temp."sp_diff" d ON d.pk = r.__sp_key LEFT JOIN temp."sp_flags" f ON f.pk = d.pk LEFT JOIN temp."sp_mapsums" s ON s.pk = d.pk;
 
 -- commit_4
 UPDATE "segment_profiles__sp_sync_customers_0123456789ab" SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM temp."sp_flags" WHERE delete_failed = 1);

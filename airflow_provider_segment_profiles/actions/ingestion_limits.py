@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_segment_profiles.actions.message_id import MAX_MESSAGE_ID_CHARS, part_message_id
-
-#: Most traits one Identify may carry: Engage rejects 300 or more.
-MAX_IDENTIFY_TRAITS = 299
-#: Most traits (group, subscriptions) or properties (track) of other calls: more than 300 are dropped.
-MAX_TRAITS_OR_PROPERTIES = 300
-#: Longest ``groupId`` Unify keeps, in characters.
-MAX_GROUP_ID_CHARS = 500
+from airflow_provider_segment_profiles.actions.message_id import part_message_id
+from airflow_provider_segment_profiles.common.segment_limits import (
+    MAX_GROUP_ID_CHARS,
+    MAX_IDENTIFY_TRAITS,
+    MAX_MESSAGE_ID_CHARS,
+    MAX_TRAITS_OR_PROPERTIES,
+)
 
 _SOURCE = "segment-docs src/unify/profile-api-limits.md"
 

@@ -48,9 +48,6 @@ MESSAGE_ID_VERSION = "segment-profiles-message-id/2"
 SCOPE_LABEL = b"segment-profiles/message-id-scope/1"
 #: Bytes of HMAC-SHA256 kept as the scope.
 SCOPE_BYTES = 16
-#: Segment's limit on a ``messageId``: "messageId is longer than 100 characters" is dropped (segment-docs
-#: ``src/unify/profile-api-limits.md``, "Unify ingestion limitations").
-MAX_MESSAGE_ID_CHARS = 100
 
 
 def destination_scope(write_key: str) -> bytes:

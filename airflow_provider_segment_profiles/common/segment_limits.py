@@ -17,3 +17,16 @@ MAX_BATCH_MESSAGES = 2500
 #: body; like analytics-python (``BATCH_SIZE_LIMIT = 475000``) we keep 25,000 bytes for the envelope
 #: (``{"batch":[...],"sentAt":...}``, commas).
 MAX_BATCH_ITEM_BYTES = 475_000
+
+# Unify's ingestion rules: Segment answers 200 and then loses these messages (segment-docs
+# ``src/unify/profile-api-limits.md``, 2023-06, "Identity" table and "Unify ingestion limitations"); the
+# checks are in ``actions/ingestion_limits.py``.
+#: Most traits one Identify may carry: "Engage rejects Identify events with 300 or more traits".
+MAX_IDENTIFY_TRAITS = 299
+#: Most traits (group, subscriptions) or properties (track) of other calls: "Events have more than 300
+#: properties/traits" are dropped.
+MAX_TRAITS_OR_PROPERTIES = 300
+#: Longest ``groupId`` Unify keeps: "The groupId has more than 500 characters" is dropped.
+MAX_GROUP_ID_CHARS = 500
+#: Segment's limit on a ``messageId``: "messageId is longer than 100 characters" is dropped.
+MAX_MESSAGE_ID_CHARS = 100

@@ -112,6 +112,9 @@ from airflow_provider_segment_profiles.testing.profile_api import SPACES_PREFIX,
 
 log = logging.getLogger(__name__)
 
+# Segment's limits as the emulator enforces them. Written here from Segment's docs, not imported from
+# ``common/segment_limits.py``: the emulator is the tests' model of Segment, so a wrong limit in the product
+# fails a test against it instead of being mirrored by it.
 #: Largest decompressed ``/v1/batch`` request body Segment accepts, in bytes (500 KB).
 MAX_BATCH_BYTES = 512_000
 #: Largest single event, and largest single-message request body, in bytes (32 KB).

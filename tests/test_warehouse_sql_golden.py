@@ -41,6 +41,7 @@ SQLGLOT = {
     "sqlite": "sqlite",
     "postgresql": "postgres",
     "snowflake": "snowflake",
+    "duckdb": "duckdb",
     "bigquery": "bigquery",
     "redshift": "redshift",
     "databricks": "databricks",
@@ -154,7 +155,7 @@ def test_mysql_checksum_is_sha2_and_the_others_md5() -> None:
     assert "MD5" not in checksums["mysql"].upper()
     assert "TO_HEX(MD5(" in checksums["bigquery"]
     assert "MD5(" in checksums["redshift"]
-    for name in ("databricks", "sqlite", "postgresql", "snowflake"):
+    for name in ("databricks", "sqlite", "postgresql", "snowflake", "duckdb"):
         assert "md5(" in checksums[name], name
 
 

@@ -103,6 +103,15 @@ class Dialect:
     def prepare_connection(self, conn: Any) -> None:
         """Set up a fresh connection (functions, transaction mode)."""
 
+    def session(self, conn: Any) -> Any:
+        """
+        The connection the engine runs through, after :meth:`prepare_connection`: ``conn`` itself, unless the
+        driver's cursors are not of one session (DuckDB's, :mod:`.duckdb_dialect`).
+
+        :param conn: the hook's DB-API connection.
+        """
+        return conn
+
     def session_settings(self) -> list[str]:
         """Statements that fix value rendering for the rest of the run's transaction."""
         return []
@@ -430,12 +439,57 @@ class SnowflakeDialect(Dialect):
         )
 
 
-def dialect_for(conn: Any) -> Dialect:
-    """
-    The dialect of a DB-API connection.
+#: common-sql's ``DbApiHook.dialect_name`` (the SQLAlchemy dialect of the hook's URI, or the connection
+#: extra's ``dialect``) of the warehouses that have a dialect here.
+HOOK_DIALECTS = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "snowflake": "snowflake",
+    "duckdb": "duckdb",
+}
 
+
+def hook_dialect_name(hook: Any) -> str | None:
+    """
+    The hook's ``dialect_name`` as common-sql resolves it (``DbApiHook.dialect_name``), or ``None`` when the
+    hook has none or cannot say (it may need the Airflow connection, or SQLAlchemy's dialect of its URI).
+
+    :param hook: the model's hook.
+    """
+    try:
+        name = getattr(hook, "dialect_name", None)
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _by_name(name: str) -> Dialect | None:
+    """The dialect a hook's ``dialect_name`` names, ``None`` when it names none here."""
+    if name == "duckdb":
+        from airflow_provider_segment_profiles.pipeline.detection.warehouse.duckdb_dialect import (
+            DuckDBDialect,
+        )
+
+        return DuckDBDialect()
+    chosen = {"sqlite": SqliteDialect, "postgresql": PostgresDialect, "snowflake": SnowflakeDialect}.get(name)
+    return chosen() if chosen is not None else None
+
+
+def dialect_for(conn: Any, dialect_name: str | None = None) -> Dialect:
+    """
+    The dialect of a DB-API connection: the one the hook's ``dialect_name`` names (as common-sql picks its
+    own ``Dialect`` by it), else the one of the connection's driver module.
+
+    :param conn: the hook's DB-API connection.
+    :param dialect_name: the hook's ``dialect_name`` (:func:`hook_dialect_name`); ``None``, ``"default"``
+        or a name without a dialect here: the driver decides.
     :raises ConfigurationError: the warehouse has no dialect for ``change_detection="warehouse"`` yet.
     """
+    if dialect_name is not None and dialect_name.lower() in HOOK_DIALECTS:
+        chosen = _by_name(HOOK_DIALECTS[dialect_name.lower()])
+        if chosen is not None:
+            return chosen
     module = type(conn).__module__
     if module.startswith("sqlite3"):
         return SqliteDialect()
@@ -443,8 +497,10 @@ def dialect_for(conn: Any) -> Dialect:
         return PostgresDialect()
     if module.startswith(("snowflake.connector", "fakesnow")):
         return SnowflakeDialect()
+    if module.startswith(("duckdb", "_duckdb")):
+        return _by_name("duckdb")  # type: ignore[return-value]
     raise ConfigurationError(
-        f"change_detection='warehouse' supports SQLite, PostgreSQL and Snowflake connections, not {module!r} "
-        "yet; "
+        f"change_detection='warehouse' supports SQLite, PostgreSQL, Snowflake and DuckDB connections, not "
+        f"{module!r} yet; "
         "use change_detection='worker' (docs/change-detection.md)."
     )

@@ -42,6 +42,7 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     CHECKSUM_DEFINITION,
     Dialect,
     dialect_for,
+    hook_dialect_name,
 )
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
@@ -149,8 +150,9 @@ class WarehouseChangeDetector:
         self.conn_id = db_errors.conn_id_of(hook)
         self.conn = hook.get_conn()
         try:
-            self.dialect: Dialect = dialect_for(self.conn)
+            self.dialect: Dialect = dialect_for(self.conn, hook_dialect_name(hook))
             self.dialect.prepare_connection(self.conn)
+            self.conn = self.dialect.session(self.conn)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.conn.close()

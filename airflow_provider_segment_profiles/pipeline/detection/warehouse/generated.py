@@ -17,6 +17,7 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     SnowflakeDialect,
     SqliteDialect,
 )
+from airflow_provider_segment_profiles.pipeline.detection.warehouse.duckdb_dialect import DuckDBDialect
 
 
 def backquote(name: str) -> str:
@@ -251,6 +252,7 @@ DIALECTS: dict[str, type[Dialect]] = {
         SqliteDialect,
         PostgresDialect,
         SnowflakeDialect,
+        DuckDBDialect,
         BigQueryDialect,
         RedshiftDialect,
         DatabricksDialect,

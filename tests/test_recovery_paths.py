@@ -1,8 +1,8 @@
 """
 The recovery paths a user takes when something already went wrong must lose no delete: a full refresh
 (the advice of every state error) and a switch of ``change_detection`` (which needs one) still delete in
-Segment what the model lost since the old state was committed, over both engines, on SQLite and on
-PostgreSQL, through real ``dag.test()`` runs against the emulator. When the old state cannot be read, the
+Segment what the model lost since the old state was committed, over both engines, on SQLite, PostgreSQL
+and DuckDB, through real ``dag.test()`` runs against the emulator. When the old state cannot be read, the
 log (and, for a switch, the error before it) says what is lost.
 """
 
@@ -19,6 +19,7 @@ from reliability_support import (  # noqa: E402
     FIGURES,
     IDENTIFY_MAPPING,
     DagHarness,
+    DuckDBWarehouse,
     PostgresWarehouse,
     SegmentView,
     SqliteWarehouse,
@@ -34,11 +35,13 @@ pytestmark = pytest.mark.airflow_db
 ENGINES = ("worker", "warehouse")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb"])
 def harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
     """A harness over a 200-row view ``v_customers`` of ``customers`` (identify + a ``deleted`` track)."""
     if request.param == "sqlite":
         warehouse: Any = SqliteWarehouse(tmp_path / "warehouse.db")
+    elif request.param == "duckdb":
+        warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
     else:
         warehouse = PostgresWarehouse(request.getfixturevalue("postgres_dsn"))
     request.addfinalizer(warehouse.close)
@@ -122,7 +125,7 @@ def test_a_full_refresh_that_cannot_read_the_old_state_warns_what_is_lost(
             r[0]
             for r in wh.query(
                 "SELECT table_name FROM information_schema.tables "
-                f"WHERE table_schema = '{wh.schema}' AND table_name LIKE 'sp\\_%'"
+                f"WHERE table_schema = '{wh.schema}' AND table_name LIKE 'sp\\_%' ESCAPE '\\'"
             )
         ]
         wh.execute(f'DROP TABLE {wh.schema}."{table}"')

@@ -149,6 +149,51 @@ class Dialect:
         parts = [literal(header)] + [self.value_sql(self.quote(c)) for c in columns]
         return "substr(" + self.hash_hex(self.concat(parts)) + ", 1, 16)"
 
+    def first_per_key(self, select: str, model: str) -> str:
+        """
+        ``select`` (of ``sp_cur`` from ``model``, ending in a ``WHERE``) kept to the first row of each identifier.
+
+        :param select: the ``SELECT`` of ``sp_cur`` over ``model``.
+        :param model: ``sp_model`` as this dialect names it.
+        """
+        return select + (
+            f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key)"
+        )
+
+    def insert_unconfirmed_adds(self, prev: str, journal: str, columns: str) -> list[str]:
+        """
+        The statements that add to ``prev`` the journaled records it does not hold, as unconfirmed adds.
+
+        :param prev: ``sp_prev`` as this dialect names it.
+        :param journal: ``sp_journal`` as this dialect names it.
+        :param columns: the state's column list, in order.
+        """
+        return [
+            f"INSERT INTO {prev} ({columns}) "
+            f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM {journal} j "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk"
+        ]
+
+    def full_outer_join_as(
+        self, name: str, select: str, current: str, previous: str, matched: str, unmatched: str
+    ) -> str | list[str]:
+        """
+        A temporary table from a full outer join of ``current`` (``c``) and ``previous`` (``p``) on ``pk``.
+
+        :param name: the table to create.
+        :param select: the ``SELECT`` list (``SELECT ...``, no ``FROM``).
+        :param current: this run's records (``c``).
+        :param previous: what the run compares against (``p``).
+        :param matched: the rows kept where ``c`` has the record.
+        :param unmatched: the rows kept where only ``p`` has it.
+        :return: one statement, or several where the warehouse has no ``FULL OUTER JOIN``.
+        """
+        return self.create_temp_as(
+            name,
+            f"{select} FROM {current} c FULL OUTER JOIN {previous} p ON p.pk = c.pk "
+            f"WHERE ({matched}) OR ({unmatched})",
+        )
+
     def analyze(self, table: str) -> str | None:
         """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
         return None

@@ -490,7 +490,9 @@ class WarehouseChangeDetector:
         ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
         records (their versions and what Segment held before) and the deleted ones (no position).
         """
-        self._execute(sql.diff(self.dialect, self._prev)).close()
+        statements = sql.diff(self.dialect, self._prev)  # several where the warehouse has no FULL OUTER JOIN
+        for statement in [statements] if isinstance(statements, str) else statements:
+            self._execute(statement).close()
         self._maybe(self.dialect.temp_index("sp_diff", "pos"))
         self._execute(sql.marks_table(self.dialect)).close()
         self._analyze("sp_diff")  # plans the source's join and the commit's

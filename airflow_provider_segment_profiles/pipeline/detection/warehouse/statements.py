@@ -87,7 +87,7 @@ def current_records(dialect: Dialect, without_repeats: bool) -> str:
     model = dialect.temp_table("sp_model")
     select = f"SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM {model} WHERE __sp_key IS NOT NULL"
     if without_repeats:
-        select += f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key)"
+        select = dialect.first_per_key(select, model)
     return dialect.create_temp_as("sp_cur", select)
 
 
@@ -141,13 +141,11 @@ def fold_journal(dialect: Dialect) -> list[str]:
     return [
         f"UPDATE {prev} SET uncertain = 1 WHERE deleted_at IS NULL AND pk IN (SELECT pk FROM {journal})",
         f"DELETE FROM {prev} WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM {journal})",
-        f"INSERT INTO {prev} ({_STATE_LIST}) "
-        f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL FROM {journal} j "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk",
+        *dialect.insert_unconfirmed_adds(prev, journal, _STATE_LIST),
     ]
 
 
-def diff(dialect: Dialect, previous: str) -> str:
+def diff(dialect: Dialect, previous: str) -> str | list[str]:
     """
     ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
     records (their versions and what Segment held before) and the deleted ones (no position).
@@ -167,16 +165,18 @@ def diff(dialect: Dialect, previous: str) -> str:
         f"WHEN p.checksum IS NULL THEN {dialect.greatest('coalesce(p.version, 1)', '1')} "
         "ELSE coalesce(p.version, 0) + 1 END"
     )
-    return dialect.create_temp_as(
+    return dialect.full_outer_join_as(
         "sp_diff",
         "SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, "
         f"CASE WHEN {live} THEN p.checksum END AS prev_checksum, "
         f"CASE WHEN {live} THEN p.version END AS prev_version, {version} AS version, "
         "CASE WHEN c.pk IS NULL THEN 'deleted' "
         f"WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
-        f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending "
-        f"FROM {dialect.temp_table('sp_cur')} c FULL OUTER JOIN {previous} p ON p.pk = c.pk "
-        f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)",
+        f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending",
+        dialect.temp_table("sp_cur"),
+        previous,
+        f"c.pk IS NOT NULL AND NOT ({unchanged})",
+        "c.pk IS NULL AND p.deleted_at IS NULL",
     )
 
 
@@ -328,6 +328,13 @@ def live_count(state: str) -> str:
     return f"SELECT count(*) FROM {state} WHERE deleted_at IS NULL"
 
 
+def _numbered(step: str, statements: str | list[str]) -> list[tuple[str, str]]:
+    """One step's statement, or its statements as ``step_0``, ``step_1``, ... where a dialect needs several."""
+    if isinstance(statements, str):
+        return [(step, statements)]
+    return [(f"{step}_{i}", statement) for i, statement in enumerate(statements)]
+
+
 def render_statements(
     dialect: Dialect,
     model_sql: str,
@@ -409,7 +416,7 @@ def render_statements(
             steps += [(f"fold_journal_{i}", statement) for i, statement in enumerate(fold_journal(dialect))]
         steps.append(("previous_index", dialect.temp_index("sp_prev", "pk", unique=True)))
     steps += [
-        ("diff", diff(dialect, previous)),
+        *_numbered("diff", diff(dialect, previous)),
         ("diff_index", dialect.temp_index("sp_diff", "pos")),
         ("marks", marks_table(dialect)),
         ("analyze_diff", dialect.analyze("sp_diff")),

@@ -323,6 +323,69 @@ class DuckDBWarehouse:
         self.conn.close()
 
 
+class MariaDBWarehouse:
+    """
+    A fresh database of the MariaDB test server as the warehouse, read through ``MySqlHook`` with the
+    ``mysql-connector-python`` client; it also holds the state tables (``schema``), and :meth:`close` drops it.
+    """
+
+    kind = "mariadb"
+    placeholder = "%s"
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import mysql.connector
+
+        self.params = params
+        self.schema = f"rel_{uuid.uuid4().hex[:10]}"
+        self.conn = mysql.connector.connect(**params)
+        self.conn.autocommit = True
+        self.execute(f"CREATE DATABASE {self.schema} CHARACTER SET utf8mb4")
+
+    @property
+    def airflow_conn(self) -> dict[str, Any]:
+        """The Airflow connection (JSON form) of this warehouse."""
+        return {
+            "conn_type": "mysql",
+            "host": self.params["host"],
+            "port": self.params["port"],
+            "login": self.params["user"],
+            "password": self.params["password"],
+            "schema": self.schema,
+            "extra": {"client": "mysql-connector-python"},
+        }
+
+    def t(self, name: str) -> str:
+        """Qualified table name."""
+        return f"{self.schema}.{name}"
+
+    def execute(self, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        """Run a statement (``%s`` placeholders), once per row when rows are given."""
+        cursor = self.conn.cursor()
+        try:
+            if rows:
+                cursor.executemany(sql, [tuple(row) for row in rows])
+            else:
+                cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """All rows of a query."""
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        """Drop the database and close the connection."""
+        try:
+            self.execute(f"DROP DATABASE IF EXISTS {self.schema}")
+        finally:
+            self.conn.close()
+
+
 def create_customers(wh: SqliteWarehouse | PostgresWarehouse, ids: Iterable[int], plan: str = "free") -> None:
     """Create ``customers(id, name, email, plan)`` and insert one row per id."""
     wh.execute(f"CREATE TABLE {wh.t('customers')} (id INTEGER, name TEXT, email TEXT, plan TEXT)")

@@ -21,6 +21,7 @@ from reliability_support import (  # noqa: E402
     DirectRunner,
     DuckDBWarehouse,
     FakeTaskInstance,
+    MariaDBWarehouse,
     PostgresWarehouse,
     SegmentView,
     SqliteWarehouse,
@@ -37,11 +38,11 @@ pytest_plugins = ["reliability_support"]
 pytestmark = pytest.mark.airflow_db
 
 
-@pytest.fixture(params=["sqlite", "postgres", "duckdb"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb", "mariadb"])
 def wh_harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
     """A :class:`DagHarness` with ``change_detection="warehouse"`` on SQLite, on a fresh PostgreSQL schema
     (which also holds the state tables, so it is dropped with them) or on a DuckDB file through the DuckDB
-    hook."""
+    hook, or on a fresh MariaDB database through the MySQL hook (mysql-connector-python)."""
     return _warehouse_harness(request.param, request, rel_emulator, tmp_path, monkeypatch)
 
 
@@ -56,12 +57,14 @@ def _warehouse_harness(kind: str, request, rel_emulator, tmp_path, monkeypatch) 
         warehouse: Any = SqliteWarehouse(tmp_path / "warehouse.db")
     elif kind == "duckdb":
         warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    elif kind == "mariadb":
+        warehouse = MariaDBWarehouse(request.getfixturevalue("mariadb_params"))
     else:
         warehouse = PostgresWarehouse(request.getfixturevalue("postgres_dsn"))
     request.addfinalizer(warehouse.close)
     h = DagHarness(warehouse, rel_emulator, tmp_path / "state", monkeypatch, name=request.node.name)
     h.operator["change_detection"] = "warehouse"
-    if kind == "postgres":
+    if kind in ("postgres", "mariadb"):
         h.operator["state_schema"] = warehouse.schema
     return h
 
@@ -129,7 +132,10 @@ def test_only_changed_rows_cross_the_network(wh_harness: DagHarness):
     assert h.run().sent == []
     ((_, generation, dialect, definition, columns),) = meta_rows(h)
     assert generation == h.head()["generation"] == 4
-    assert dialect == {"sqlite": "sqlite", "postgres": "postgresql", "duckdb": "duckdb"}[wh.kind]
+    assert (
+        dialect
+        == {"sqlite": "sqlite", "postgres": "postgresql", "duckdb": "duckdb", "mariadb": "mysql"}[wh.kind]
+    )
     assert definition == 1
     assert columns == "id,name,email,plan"
 

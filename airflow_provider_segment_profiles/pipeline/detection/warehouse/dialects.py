@@ -2,7 +2,7 @@
 The SQL that differs between warehouses for ``change_detection="warehouse"``: how a value is rendered for
 the checksum, how the unique identifier becomes text, where state tables live, and how rows are written in
 batches. One :class:`Dialect` per warehouse; :func:`dialect_for` picks it from the DB-API connection.
-BigQuery, Redshift, Databricks and MySQL have dialects in :mod:`.generated` whose SQL is generated only:
+BigQuery, Redshift and Databricks have dialects in :mod:`.generated` whose SQL is generated only:
 :func:`dialect_for` never returns them.
 
 Checksum definition (:data:`CHECKSUM_DEFINITION`): ``md5`` (``SHA2(..., 256)`` on MySQL) of the mappings' fingerprint followed by one
@@ -492,6 +492,8 @@ HOOK_DIALECTS = {
     "postgres": "postgresql",
     "snowflake": "snowflake",
     "duckdb": "duckdb",
+    "mysql": "mysql",
+    "mariadb": "mysql",
 }
 
 
@@ -517,6 +519,10 @@ def _by_name(name: str) -> Dialect | None:
         )
 
         return DuckDBDialect()
+    if name == "mysql":
+        from airflow_provider_segment_profiles.pipeline.detection.warehouse.mysql_dialect import MySqlDialect
+
+        return MySqlDialect()
     chosen = {"sqlite": SqliteDialect, "postgresql": PostgresDialect, "snowflake": SnowflakeDialect}.get(name)
     return chosen() if chosen is not None else None
 
@@ -544,8 +550,10 @@ def dialect_for(conn: Any, dialect_name: str | None = None) -> Dialect:
         return SnowflakeDialect()
     if module.startswith(("duckdb", "_duckdb")):
         return _by_name("duckdb")  # type: ignore[return-value]
+    if module.startswith(("mysql.connector", "MySQLdb")):
+        return _by_name("mysql")  # type: ignore[return-value]
     raise ConfigurationError(
-        f"change_detection='warehouse' supports SQLite, PostgreSQL, Snowflake and DuckDB connections, not "
+        f"change_detection='warehouse' supports SQLite, PostgreSQL, Snowflake, DuckDB and MySQL connections, not "
         f"{module!r} yet; "
         "use change_detection='worker' (docs/change-detection.md)."
     )

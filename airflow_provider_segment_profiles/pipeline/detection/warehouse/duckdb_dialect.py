@@ -4,19 +4,17 @@ DuckDB for ``change_detection="warehouse"``, through ``apache-airflow-providers-
 Two properties of DuckDB's Python client shape this dialect (measured with ``duckdb`` 2.0.1):
 
 - ``DuckDBPyConnection.cursor()`` opens a *duplicate connection* to the same database, not a cursor of the
-  same session ("cursors now acquire a new connection", https://github.com/duckdb/duckdb/issues/3980):
-  a ``CREATE TEMP TABLE`` on one is
-  invisible to the other, and the two have separate transactions. One connection, in turn, holds one result
+  same session ("cursors now acquire a new connection", https://github.com/duckdb/duckdb/issues/3980): a
+  ``CREATE TEMP TABLE`` on one is invisible to the other, and the two have separate transactions. One connection, in turn, holds one result
   at a time: executing a second query on it discards the rows of the first. The engine reads the changed
   rows and their classifications from two cursors at once and writes marks while they stream, so it needs
   independent cursors that all see the run's tables.
-- DuckDB has no ``SAVEPOINT`` (its transaction statements are ``BEGIN``, ``COMMIT``, ``ROLLBACK`` and
-  ``ABORT``: https://duckdb.org/docs/stable/sql/statements/transactions) and no partial indexes
+- DuckDB has no ``SAVEPOINT`` (``SAVEPOINT x`` raises a parser error) and no partial indexes
   (``CREATE INDEX ... WHERE`` raises "Creating partial indexes is not supported currently").
 
 So the run's tables live in an in-memory database attached for the run (``ATTACH ':memory:' AS
-sp_work_<tag>``; an attached database is visible to every connection of the database instance,
-https://duckdb.org/docs/stable/sql/statements/attach), which also keeps them out of the warehouse file,
+sp_work_<tag>``; an attached database is visible to every connection of the database instance: a duplicate
+connection and a second ``duckdb.connect()`` of the same file read it), which keeps them out of the file,
 as temporary tables would be. :class:`DuckDBSession` wraps the hook's connection so that each cursor is a
 duplicate connection with the session settings applied, except during the commit, when every cursor is the
 one connection that holds the commit's transaction. Repeated identifiers are found with a ``GROUP BY``

@@ -13,8 +13,12 @@ What differs from the shared statements (:mod:`.statements`):
 - Text comparisons follow the collation, and the default ones (``utf8mb4_general_ci``,
   ``utf8mb4_0900_ai_ci``) are case-insensitive; MariaDB's ``utf8mb4_bin`` also pads (``'a' = 'a '``). The
   unique identifier is compared under a binary collation without padding: ``utf8mb4_nopad_bin`` on MariaDB
-  (https://mariadb.com/kb/en/supported-character-sets-and-collations/), ``utf8mb4_0900_bin`` on MySQL 8.0.17
-  or later (https://dev.mysql.com/doc/refman/8.0/en/charset-unicode-sets.html).
+  ("NO PAD collations regard trailing spaces as normal characters",
+  https://mariadb.com/kb/en/information-schema-collations-table), ``utf8mb4_0900_bin`` on MySQL 8.0.17 or
+  later ("The utf8mb4 character set has a new binary collation, utf8mb4_0900_bin",
+  https://dev.mysql.com/doc/relnotes/mysql/8.0/en/news-8-0-17.html; NO PAD: WL#13054,
+  https://dev.mysql.com/worklog/task/?id=13054). Measured on MariaDB 10.11: ``'a' = 'A'`` and
+  ``'a' = 'a '`` are both true under the server's default collation.
 - Identifiers are ``VARCHAR(255)`` (a ``TEXT`` column cannot be a key without a prefix length): a longer
   identifier is cut there in the warehouse and the run stops with a ``ModelQueryError`` when such a record
   is read (its identifier renders differently than in the worker).
@@ -131,9 +135,9 @@ class MySqlDialect(Dialect):
         return f"CAST({column} AS CHAR(255) CHARACTER SET utf8mb4) COLLATE {self.collation}"
 
     def value_sql(self, column: str) -> str:
-        # QUOTE: "the string enclosed by single quotation marks and with each instance of backslash, single
-        # quote, ASCII NUL, and Control+Z preceded by a backslash ... If the argument is NULL, the return
-        # value is the word 'NULL'" (https://dev.mysql.com/doc/refman/8.0/en/string-functions.html).
+        # QUOTE: "The string is returned enclosed by single quotes and with each instance of single quote
+        # ("'"), backslash ("\"), ASCII NUL, and Control-Z preceded by a backslash. If the argument is NULL,
+        # the return value is the word "NULL" without enclosing single quotes." (https://mariadb.com/kb/en/quote/)
         return f"QUOTE(CAST({column} AS CHAR))"
 
     def concat(self, parts: Sequence[str]) -> str:

@@ -153,6 +153,9 @@ def test_checksums_tell_apart_values_and_identifiers_are_compared_exactly():
     distinct records (the server's default collation would take them for one)."""
     from airflow.providers.mysql.hooks.mysql import MySqlHook
 
+    from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects import hook_dialect_name
+
+    assert hook_dialect_name(MySqlHook(mysql_conn_id="wh")) == "mysql"  # SQLAlchemy's name of the hook's URI
     dialect = MySqlDialect()
     conn = MySqlHook(mysql_conn_id="wh").get_conn()
     dialect.prepare_connection(conn)

@@ -20,6 +20,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 
 test: $(VENV)/.installed-test
 	scripts/ensure-postgres.sh
+	scripts/ensure-mariadb.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -61,3 +61,43 @@ def postgres_dsn() -> str:
             pytest.fail(f"CI must test against PostgreSQL: {reason}")
         pytest.skip(reason)
     return POSTGRES_DSN
+
+
+#: The MariaDB (or MySQL) test server: host, port, user, password, database (``.ci/run`` starts MariaDB).
+MARIADB = {
+    "host": os.environ.get("SEGMENT_PROFILES_TEST_MARIADB_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("SEGMENT_PROFILES_TEST_MARIADB_PORT", "3306")),
+    "user": os.environ.get("SEGMENT_PROFILES_TEST_MARIADB_USER", "root"),
+    "password": os.environ.get("SEGMENT_PROFILES_TEST_MARIADB_PASSWORD", ""),
+    "database": "test",
+}
+
+
+def mariadb_available() -> str | None:
+    """``None`` when the MariaDB server answers through mysql-connector-python, else the reason it does not."""
+    try:
+        import mysql.connector
+        from airflow.providers.mysql.hooks.mysql import MySqlHook  # noqa: F401
+    except ImportError as err:
+        return (
+            f"the MariaDB tests need the 'test-mysql' extra ({err}): pip install -e '.[test,test-mysql]' "
+            "after installing MariaDB's client headers (apt-get install libmariadb-dev pkg-config)"
+        )
+    try:
+        conn = mysql.connector.connect(connection_timeout=3, **MARIADB)
+        conn.close()
+    except Exception as err:
+        return f"MariaDB at {MARIADB['host']}:{MARIADB['port']} is unreachable: {err}"
+    return None
+
+
+@pytest.fixture
+def mariadb_params() -> dict:
+    """Connection parameters of the test MariaDB server. Skips with the reason when it is unreachable, except
+    in CI (``.ci/run`` starts it)."""
+    reason = mariadb_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test against MariaDB: {reason}")
+        pytest.skip(reason)
+    return dict(MARIADB)

@@ -272,6 +272,120 @@ class PostgresWarehouse:
             self.conn.close()
 
 
+class DuckDBWarehouse:
+    """
+    A DuckDB file as the warehouse, read through ``apache-airflow-providers-duckdb``'s ``DuckDBHook``; the
+    state lives in its ``segment_profiles`` schema (``schema``), the model's tables in ``main``.
+
+    The file is opened with the configuration the hook opens it with: DuckDB shares one database instance
+    per file within a process and refuses a second connection with another configuration.
+    """
+
+    kind = "duckdb"
+    placeholder = "?"
+    schema = "segment_profiles"
+    #: ``DuckDBHook.get_connect_config()`` without a connection extra (provider 0.2.1).
+    HOOK_CONFIG = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": True,
+        "allow_community_extensions": False,
+    }
+
+    def __init__(self, path: Path) -> None:
+        import duckdb
+
+        self.path = path
+        self.conn = duckdb.connect(str(path), config=self.HOOK_CONFIG)
+
+    @property
+    def airflow_conn(self) -> dict[str, Any]:
+        """The Airflow connection (JSON form) of this warehouse."""
+        return {"conn_type": "duckdb", "host": str(self.path)}
+
+    def t(self, name: str) -> str:
+        """Qualified table name."""
+        return name
+
+    def execute(self, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        """Run a statement (``%s`` placeholders), once per row when rows are given."""
+        sql = sql.replace("%s", "?")
+        if rows:
+            self.conn.executemany(sql, [list(row) for row in rows])
+        else:
+            self.conn.execute(sql)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """All rows of a query."""
+        return self.conn.execute(sql).fetchall()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+class MariaDBWarehouse:
+    """
+    A fresh database of the MariaDB test server as the warehouse, read through ``MySqlHook`` with the
+    ``mysql-connector-python`` client; it also holds the state tables (``schema``), and :meth:`close` drops it.
+    """
+
+    kind = "mariadb"
+    placeholder = "%s"
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import mysql.connector
+
+        self.params = params
+        self.schema = f"rel_{uuid.uuid4().hex[:10]}"
+        self.conn = mysql.connector.connect(**params)
+        self.conn.autocommit = True
+        self.execute(f"CREATE DATABASE {self.schema} CHARACTER SET utf8mb4")
+
+    @property
+    def airflow_conn(self) -> dict[str, Any]:
+        """The Airflow connection (JSON form) of this warehouse."""
+        return {
+            "conn_type": "mysql",
+            "host": self.params["host"],
+            "port": self.params["port"],
+            "login": self.params["user"],
+            "password": self.params["password"],
+            "schema": self.schema,
+            "extra": {"client": "mysql-connector-python"},
+        }
+
+    def t(self, name: str) -> str:
+        """Qualified table name."""
+        return f"{self.schema}.{name}"
+
+    def execute(self, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        """Run a statement (``%s`` placeholders), once per row when rows are given."""
+        cursor = self.conn.cursor()
+        try:
+            if rows:
+                cursor.executemany(sql, [tuple(row) for row in rows])
+            else:
+                cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """All rows of a query."""
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        """Drop the database and close the connection."""
+        try:
+            self.execute(f"DROP DATABASE IF EXISTS {self.schema}")
+        finally:
+            self.conn.close()
+
+
 def create_customers(wh: SqliteWarehouse | PostgresWarehouse, ids: Iterable[int], plan: str = "free") -> None:
     """Create ``customers(id, name, email, plan)`` and insert one row per id."""
     wh.execute(f"CREATE TABLE {wh.t('customers')} (id INTEGER, name TEXT, email TEXT, plan TEXT)")

@@ -19,7 +19,9 @@ from reliability_support import (  # noqa: E402
     IDENTIFY_MAPPING,
     DagHarness,
     DirectRunner,
+    DuckDBWarehouse,
     FakeTaskInstance,
+    MariaDBWarehouse,
     PostgresWarehouse,
     SegmentView,
     SqliteWarehouse,
@@ -36,10 +38,11 @@ pytest_plugins = ["reliability_support"]
 pytestmark = pytest.mark.airflow_db
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb", "mariadb"])
 def wh_harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
-    """A :class:`DagHarness` with ``change_detection="warehouse"`` on SQLite or on a fresh PostgreSQL schema
-    (which also holds the state tables, so it is dropped with them)."""
+    """A :class:`DagHarness` with ``change_detection="warehouse"`` on SQLite, on a fresh PostgreSQL schema
+    (which also holds the state tables, so it is dropped with them) or on a DuckDB file through the DuckDB
+    hook, or on a fresh MariaDB database through the MySQL hook (mysql-connector-python)."""
     return _warehouse_harness(request.param, request, rel_emulator, tmp_path, monkeypatch)
 
 
@@ -52,12 +55,16 @@ def pg_harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagH
 def _warehouse_harness(kind: str, request, rel_emulator, tmp_path, monkeypatch) -> DagHarness:
     if kind == "sqlite":
         warehouse: Any = SqliteWarehouse(tmp_path / "warehouse.db")
+    elif kind == "duckdb":
+        warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    elif kind == "mariadb":
+        warehouse = MariaDBWarehouse(request.getfixturevalue("mariadb_params"))
     else:
         warehouse = PostgresWarehouse(request.getfixturevalue("postgres_dsn"))
     request.addfinalizer(warehouse.close)
     h = DagHarness(warehouse, rel_emulator, tmp_path / "state", monkeypatch, name=request.node.name)
     h.operator["change_detection"] = "warehouse"
-    if kind == "postgres":
+    if kind in ("postgres", "mariadb"):
         h.operator["state_schema"] = warehouse.schema
     return h
 
@@ -125,7 +132,11 @@ def test_only_changed_rows_cross_the_network(wh_harness: DagHarness):
     assert h.run().sent == []
     ((_, generation, dialect, definition, columns),) = meta_rows(h)
     assert generation == h.head()["generation"] == 4
-    assert dialect == ("sqlite" if wh.kind == "sqlite" else "postgresql") and definition == 1
+    assert (
+        dialect
+        == {"sqlite": "sqlite", "postgres": "postgresql", "duckdb": "duckdb", "mariadb": "mysql"}[wh.kind]
+    )
+    assert definition == 1
     assert columns == "id,name,email,plan"
 
 

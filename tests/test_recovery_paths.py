@@ -1,8 +1,8 @@
 """
 The recovery paths a user takes when something already went wrong must lose no delete: a full refresh
 (the advice of every state error) and a switch of ``change_detection`` (which needs one) still delete in
-Segment what the model lost since the old state was committed, over both engines, on SQLite and on
-PostgreSQL, through real ``dag.test()`` runs against the emulator. When the old state cannot be read, the
+Segment what the model lost since the old state was committed, over both engines, on SQLite, PostgreSQL,
+DuckDB and MariaDB, through real ``dag.test()`` runs against the emulator. When the old state cannot be read, the
 log (and, for a switch, the error before it) says what is lost.
 """
 
@@ -19,6 +19,8 @@ from reliability_support import (  # noqa: E402
     FIGURES,
     IDENTIFY_MAPPING,
     DagHarness,
+    DuckDBWarehouse,
+    MariaDBWarehouse,
     PostgresWarehouse,
     SegmentView,
     SqliteWarehouse,
@@ -34,11 +36,15 @@ pytestmark = pytest.mark.airflow_db
 ENGINES = ("worker", "warehouse")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb", "mariadb"])
 def harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarness:
     """A harness over a 200-row view ``v_customers`` of ``customers`` (identify + a ``deleted`` track)."""
     if request.param == "sqlite":
         warehouse: Any = SqliteWarehouse(tmp_path / "warehouse.db")
+    elif request.param == "duckdb":
+        warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    elif request.param == "mariadb":
+        warehouse = MariaDBWarehouse(request.getfixturevalue("mariadb_params"))
     else:
         warehouse = PostgresWarehouse(request.getfixturevalue("postgres_dsn"))
     request.addfinalizer(warehouse.close)
@@ -50,7 +56,7 @@ def harness(request, rel_emulator, tmp_path, monkeypatch, airflow_db) -> DagHarn
         mappings=[IDENTIFY_MAPPING, DELETED_MAPPING],
         max_events_per_second=None,
     )
-    if request.param == "postgres":
+    if request.param in ("postgres", "mariadb"):
         h.operator["state_schema"] = warehouse.schema
     return h
 
@@ -122,10 +128,11 @@ def test_a_full_refresh_that_cannot_read_the_old_state_warns_what_is_lost(
             r[0]
             for r in wh.query(
                 "SELECT table_name FROM information_schema.tables "
-                f"WHERE table_schema = '{wh.schema}' AND table_name LIKE 'sp\\_%'"
+                f"WHERE table_schema = '{wh.schema}' AND table_name LIKE 'sp!_%' ESCAPE '!'"
             )
         ]
-        wh.execute(f'DROP TABLE {wh.schema}."{table}"')
+        quote = "`" if wh.kind == "mariadb" else '"'
+        wh.execute(f"DROP TABLE {wh.schema}.{quote}{table}{quote}")
     capfd.readouterr()
     refreshed = h.run(full_refresh=True)
     assert refreshed.state == "success"
@@ -195,8 +202,9 @@ def test_a_changed_key_type_says_why_every_record_is_sent_again(harness: DagHarn
     h.operator["change_detection"] = engine
     assert h.run().state == "success"
     view = h.warehouse.t("v_customers")
+    text = "CHAR" if h.warehouse.kind == "mariadb" else "TEXT"  # MySQL casts to CHAR, not TEXT
     capfd.readouterr()
-    changed = h.run(sql=f"SELECT CAST(id AS TEXT) AS id, name, email, plan FROM {view}")
+    changed = h.run(sql=f"SELECT CAST(id AS {text}) AS id, name, email, plan FROM {view}")
     assert changed.state == "success"
     assert changed.summary["records"]["updated"] == 200
     assert changed.summary["records"]["deleted"] == 0
@@ -205,5 +213,5 @@ def test_a_changed_key_type_says_why_every_record_is_sent_again(harness: DagHarn
     assert "every record counts as updated and is sent again under new message ids" in log
     assert "no record counts as deleted" in log
     capfd.readouterr()
-    assert h.run(sql=f"SELECT CAST(id AS TEXT) AS id, name, email, plan FROM {view}").sent == []
+    assert h.run(sql=f"SELECT CAST(id AS {text}) AS id, name, email, plan FROM {view}").sent == []
     assert "The result type of" not in _log(capfd)

@@ -2,7 +2,7 @@
 The SQL that differs between warehouses for ``change_detection="warehouse"``: how a value is rendered for
 the checksum, how the unique identifier becomes text, where state tables live, and how rows are written in
 batches. One :class:`Dialect` per warehouse; :func:`dialect_for` picks it from the DB-API connection.
-BigQuery, Redshift, Databricks and MySQL have dialects in :mod:`.generated` whose SQL is generated only:
+BigQuery, Redshift and Databricks have dialects in :mod:`.generated` whose SQL is generated only:
 :func:`dialect_for` never returns them.
 
 Checksum definition (:data:`CHECKSUM_DEFINITION`): ``md5`` (``SHA2(..., 256)`` on MySQL) of the mappings' fingerprint followed by one
@@ -107,6 +107,15 @@ class Dialect:
     def prepare_connection(self, conn: Any) -> None:
         """Set up a fresh connection (functions, transaction mode)."""
 
+    def session(self, conn: Any) -> Any:
+        """
+        The connection the engine runs through, after :meth:`prepare_connection`: ``conn`` itself, unless the
+        driver's cursors are not of one session (DuckDB's, :mod:`.duckdb_dialect`).
+
+        :param conn: the hook's DB-API connection.
+        """
+        return conn
+
     def session_settings(self) -> list[str]:
         """Statements that fix value rendering for the rest of the run's transaction."""
         return []
@@ -143,6 +152,65 @@ class Dialect:
         header = seed + "|" + ",".join(f"{c}:{t}" for c, t in zip(columns, types, strict=True))
         parts = [literal(header)] + [self.value_sql(self.quote(c)) for c in columns]
         return "substr(" + self.hash_hex(self.concat(parts)) + ", 1, 16)"
+
+    def first_per_key(self, select: str, model: str) -> str:
+        """
+        ``select`` (of ``sp_cur`` from ``model``, ending in a ``WHERE``) kept to the first row of each identifier.
+
+        :param select: the ``SELECT`` of ``sp_cur`` over ``model``.
+        :param model: ``sp_model`` as this dialect names it.
+        """
+        return select + (
+            f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key)"
+        )
+
+    def insert_unconfirmed_adds(self, prev: str, journal: str, columns: str) -> list[str]:
+        """
+        The statements that add to ``prev`` the journaled records it does not hold, as unconfirmed adds.
+
+        :param prev: ``sp_prev`` as this dialect names it.
+        :param journal: ``sp_journal`` as this dialect names it.
+        :param columns: the state's column list, in order.
+        """
+        return [
+            f"INSERT INTO {prev} ({columns}) "
+            f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL, NULL FROM {journal} j "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk"
+        ]
+
+    def keep_one_row_per_key(self, rows: str, current: str) -> list[str]:
+        """
+        The statements that keep, per identifier repeated in ``rows`` (``sp_rows``), the one row whose
+        checksum ``current`` (``sp_cur``) kept, once (see :func:`~.statements.keep_first_of_repeats`).
+
+        :param rows: ``sp_rows`` as this dialect names it.
+        :param current: ``sp_cur`` as this dialect names it.
+        """
+        return [
+            f"DELETE FROM {rows} WHERE __sp_key IN (SELECT __sp_key FROM {rows} GROUP BY __sp_key "
+            "HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM "
+            f"{rows} r JOIN {current} c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key)"
+        ]
+
+    def full_outer_join_as(
+        self, name: str, select: str, current: str, previous: str, matched: str, unmatched: str
+    ) -> str | list[str]:
+        """
+        A temporary table from a full outer join of ``current`` (``c``) and ``previous`` (``p``) on ``pk``.
+
+        :param name: the table to create.
+        :param select: the ``SELECT`` list (``SELECT ...``, no ``FROM``).
+        :param current: this run's records (``c``).
+        :param previous: what the run compares against (``p``).
+        :param matched: the rows kept where ``c`` has the record.
+        :param unmatched: the rows kept where only ``p`` has it.
+        :return: one statement, or several where the warehouse has no ``FULL OUTER JOIN``.
+        """
+        return self.create_temp_as(
+            name,
+            f"{select} FROM {current} c FULL OUTER JOIN {previous} p ON p.pk = c.pk "
+            f"WHERE ({matched}) OR ({unmatched})",
+        )
 
     def analyze(self, table: str) -> str | None:
         """Statement that gathers a temporary table's statistics (autovacuum never sees them), or ``None``."""
@@ -443,12 +511,63 @@ class SnowflakeDialect(Dialect):
         )
 
 
-def dialect_for(conn: Any) -> Dialect:
-    """
-    The dialect of a DB-API connection.
+#: common-sql's ``DbApiHook.dialect_name`` (the SQLAlchemy dialect of the hook's URI, or the connection
+#: extra's ``dialect``) of the warehouses that have a dialect here.
+HOOK_DIALECTS = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "snowflake": "snowflake",
+    "duckdb": "duckdb",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
 
+
+def hook_dialect_name(hook: Any) -> str | None:
+    """
+    The hook's ``dialect_name`` as common-sql resolves it (``DbApiHook.dialect_name``), or ``None`` when the
+    hook has none or cannot say (it may need the Airflow connection, or SQLAlchemy's dialect of its URI).
+
+    :param hook: the model's hook.
+    """
+    try:
+        name = getattr(hook, "dialect_name", None)
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _by_name(name: str) -> Dialect | None:
+    """The dialect a hook's ``dialect_name`` names, ``None`` when it names none here."""
+    if name == "duckdb":
+        from airflow_provider_segment_profiles.pipeline.detection.warehouse.duckdb_dialect import (
+            DuckDBDialect,
+        )
+
+        return DuckDBDialect()
+    if name == "mysql":
+        from airflow_provider_segment_profiles.pipeline.detection.warehouse.mysql_dialect import MySqlDialect
+
+        return MySqlDialect()
+    chosen = {"sqlite": SqliteDialect, "postgresql": PostgresDialect, "snowflake": SnowflakeDialect}.get(name)
+    return chosen() if chosen is not None else None
+
+
+def dialect_for(conn: Any, dialect_name: str | None = None) -> Dialect:
+    """
+    The dialect of a DB-API connection: the one the hook's ``dialect_name`` names (as common-sql picks its
+    own ``Dialect`` by it), else the one of the connection's driver module.
+
+    :param conn: the hook's DB-API connection.
+    :param dialect_name: the hook's ``dialect_name`` (:func:`hook_dialect_name`); ``None``, ``"default"``
+        or a name without a dialect here: the driver decides.
     :raises ConfigurationError: the warehouse has no dialect for ``change_detection="warehouse"`` yet.
     """
+    if dialect_name is not None and dialect_name.lower() in HOOK_DIALECTS:
+        chosen = _by_name(HOOK_DIALECTS[dialect_name.lower()])
+        if chosen is not None:
+            return chosen
     module = type(conn).__module__
     if module.startswith("sqlite3"):
         return SqliteDialect()
@@ -456,8 +575,12 @@ def dialect_for(conn: Any) -> Dialect:
         return PostgresDialect()
     if module.startswith(("snowflake.connector", "fakesnow")):
         return SnowflakeDialect()
+    if module.startswith(("duckdb", "_duckdb")):
+        return _by_name("duckdb")  # type: ignore[return-value]
+    if module.startswith(("mysql.connector", "MySQLdb")):
+        return _by_name("mysql")  # type: ignore[return-value]
     raise ConfigurationError(
-        f"change_detection='warehouse' supports SQLite, PostgreSQL and Snowflake connections, not {module!r} "
-        "yet; "
+        f"change_detection='warehouse' supports SQLite, PostgreSQL, Snowflake, DuckDB and MySQL connections, not "
+        f"{module!r} yet; "
         "use change_detection='worker' (docs/change-detection.md)."
     )

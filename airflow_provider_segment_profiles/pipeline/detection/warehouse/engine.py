@@ -48,6 +48,7 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     CHECKSUM_DEFINITION,
     Dialect,
     dialect_for,
+    hook_dialect_name,
 )
 from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
@@ -159,8 +160,9 @@ class WarehouseChangeDetector:
         self.conn_id = db_errors.conn_id_of(hook)
         self.conn = hook.get_conn()
         try:
-            self.dialect: Dialect = dialect_for(self.conn)
+            self.dialect: Dialect = dialect_for(self.conn, hook_dialect_name(hook))
             self.dialect.prepare_connection(self.conn)
+            self.conn = self.dialect.session(self.conn)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -441,7 +443,8 @@ class WarehouseChangeDetector:
         except Exception as err:
             db_errors.raise_model_error(err, label)
         if changed:  # also when the first reading had no repeat: a row may have been added between them
-            self._execute(sql.keep_first_of_repeats(dialect)).close()
+            for statement in sql.keep_first_of_repeats(dialect):
+                self._execute(statement).close()
         self._maybe(dialect.temp_index("sp_rows", "__sp_key", unique=True))
         self._analyze("sp_rows")
         return int(self._scalar(f"SELECT count(*) FROM {self._t('rows')}")) if changed else 0
@@ -541,7 +544,9 @@ class WarehouseChangeDetector:
         ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
         records (their versions and what Segment held before) and the deleted ones (no position).
         """
-        self._execute(sql.diff(self.dialect, self._prev)).close()
+        statements = sql.diff(self.dialect, self._prev)  # several where the warehouse has no FULL OUTER JOIN
+        for statement in [statements] if isinstance(statements, str) else statements:
+            self._execute(statement).close()
         self._maybe(self.dialect.temp_index("sp_diff", "pos"))
         self._maybe(self.dialect.temp_index("sp_diff", "pk", unique=True))
         self._execute(sql.marks_table(self.dialect)).close()

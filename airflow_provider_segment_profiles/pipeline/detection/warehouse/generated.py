@@ -1,13 +1,12 @@
 """
 Dialects whose SQL is generated (and parsed in tests, ``tests/golden/warehouse_sql``) but never ran on the
-warehouse: BigQuery, Redshift, Databricks and MySQL. :func:`~.dialects.dialect_for` never returns one, so
+warehouse: BigQuery, Redshift and Databricks. :func:`~.dialects.dialect_for` never returns one, so
 the engine keeps refusing these warehouses with a :class:`ConfigurationError`; what must be verified
 before one is enabled is listed in ``docs/change-detection.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from airflow_provider_segment_profiles.exceptions import ConfigurationError
@@ -17,6 +16,8 @@ from airflow_provider_segment_profiles.pipeline.detection.warehouse.dialects imp
     SnowflakeDialect,
     SqliteDialect,
 )
+from airflow_provider_segment_profiles.pipeline.detection.warehouse.duckdb_dialect import DuckDBDialect
+from airflow_provider_segment_profiles.pipeline.detection.warehouse.mysql_dialect import MySqlDialect
 
 
 def backquote(name: str) -> str:
@@ -193,59 +194,6 @@ class DatabricksDialect(_GeneratedOnly):
         )
 
 
-class MySqlDialect(_GeneratedOnly):
-    """
-    MySQL 8. ``SHA2(..., 256)`` rather than the deprecated ``MD5``; ``CONCAT`` since ``||`` is OR there.
-    Values render as ``QUOTE(CAST(col AS CHAR))`` (NULL as the bare word ``NULL``, any other value quoted
-    with its quotes escaped), with the session's time zone UTC for ``TIMESTAMP`` columns. MySQL has no
-    ``FULL OUTER JOIN`` and cannot open a temporary table twice in one statement: the diff and the removal
-    of repeated identifiers, as generated, would not run there.
-    """
-
-    name = "mysql"
-    sql_types = {"TEXT": "VARCHAR(255)", "LONG_TEXT": "TEXT"}
-
-    def session_settings(self) -> list[str]:
-        return ["SET time_zone = '+00:00'"]
-
-    def quote(self, name: str) -> str:
-        return backquote(name)
-
-    temp_create = "CREATE TEMPORARY TABLE"
-
-    def key_sql(self, column: str) -> str:
-        return f"CAST({column} AS CHAR)"
-
-    def value_sql(self, column: str) -> str:
-        return f"QUOTE(CAST({column} AS CHAR))"
-
-    def concat(self, parts: Sequence[str]) -> str:
-        return "CONCAT(" + ", '|', ".join(parts) + ")"
-
-    def hash_hex(self, text: str) -> str:
-        return f"SHA2({text}, 256)"
-
-    def state_ddl(self, table: str) -> str:
-        return (
-            f"CREATE TABLE IF NOT EXISTS {table} (pk VARCHAR(255) NOT NULL PRIMARY KEY, checksum VARCHAR(64), "
-            "version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, "
-            "deleted_at BIGINT, mapping_checksums TEXT)"
-        )
-
-    def meta_ddl(self, table: str) -> str:
-        return (
-            f"CREATE TABLE IF NOT EXISTS {table} (sync_id VARCHAR(255) NOT NULL PRIMARY KEY, "
-            "state_table VARCHAR(255) NOT NULL, generation BIGINT NOT NULL, dialect VARCHAR(64), "
-            "definition INTEGER, used_columns TEXT, updated_at BIGINT)"
-        )
-
-    def insert_ignore_meta(self, table: str, sync_id: str, state_table: str) -> tuple[str, tuple[Any, ...]]:
-        return (
-            f"INSERT IGNORE INTO {table} (sync_id, state_table, generation) VALUES (%s, %s, 0)",
-            (sync_id, state_table),
-        )
-
-
 #: Every dialect by name; those marked ``generated_only`` are never chosen by ``dialect_for``.
 DIALECTS: dict[str, type[Dialect]] = {
     d.name: d
@@ -253,6 +201,7 @@ DIALECTS: dict[str, type[Dialect]] = {
         SqliteDialect,
         PostgresDialect,
         SnowflakeDialect,
+        DuckDBDialect,
         BigQueryDialect,
         RedshiftDialect,
         DatabricksDialect,
@@ -260,4 +209,4 @@ DIALECTS: dict[str, type[Dialect]] = {
     )
 }
 
-__all__ = ["DIALECTS", "BigQueryDialect", "DatabricksDialect", "MySqlDialect", "RedshiftDialect"]
+__all__ = ["DIALECTS", "BigQueryDialect", "DatabricksDialect", "RedshiftDialect"]

@@ -108,7 +108,7 @@ def materialise_changed(
     )
 
 
-def keep_first_of_repeats(dialect: Dialect) -> str:
+def keep_first_of_repeats(dialect: Dialect) -> list[str]:
     """
     Where an identifier repeats in ``sp_rows``, keep the one row whose checksum is the one the diff kept (the
     identifier's first row in the first reading; the others are rejected as repeats there), once; an
@@ -117,12 +117,7 @@ def keep_first_of_repeats(dialect: Dialect) -> str:
 
     :param dialect: the warehouse's dialect.
     """
-    rows, cur = dialect.temp_table("sp_rows"), dialect.temp_table("sp_cur")
-    return (
-        f"DELETE FROM {rows} WHERE __sp_key IN (SELECT __sp_key FROM {rows} GROUP BY __sp_key "
-        "HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM "
-        f"{rows} r JOIN {cur} c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key)"
-    )
+    return dialect.keep_one_row_per_key(dialect.temp_table("sp_rows"), dialect.temp_table("sp_cur"))
 
 
 def null_keys(dialect: Dialect) -> str:
@@ -144,7 +139,7 @@ def current_records(dialect: Dialect, without_repeats: bool) -> str:
     model = dialect.temp_table("sp_model")
     select = f"SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM {model} WHERE __sp_key IS NOT NULL"
     if without_repeats:
-        select += f" AND __sp_pos IN (SELECT min(__sp_pos) FROM {model} WHERE __sp_key IS NOT NULL GROUP BY __sp_key)"
+        select = dialect.first_per_key(select, model)
     return dialect.create_temp_as("sp_cur", select)
 
 
@@ -216,13 +211,11 @@ def fold_journal(dialect: Dialect) -> list[str]:
     return [
         f"UPDATE {prev} SET uncertain = 1 WHERE deleted_at IS NULL AND pk IN (SELECT pk FROM {journal})",
         f"DELETE FROM {prev} WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM {journal})",
-        f"INSERT INTO {prev} ({_STATE_LIST}) "
-        f"SELECT j.pk, NULL, min(j.version), 1, 0, NULL, NULL FROM {journal} j "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {prev} p WHERE p.pk = j.pk) GROUP BY j.pk",
+        *dialect.insert_unconfirmed_adds(prev, journal, _STATE_LIST),
     ]
 
 
-def diff(dialect: Dialect, previous: str) -> str:
+def diff(dialect: Dialect, previous: str) -> str | list[str]:
     """
     ``sp_diff``, from one full outer join of this run's records with the state: the added and updated
     records (their versions and what Segment held before) and the deleted ones (no position).
@@ -242,7 +235,7 @@ def diff(dialect: Dialect, previous: str) -> str:
         f"WHEN p.checksum IS NULL THEN {dialect.greatest('coalesce(p.version, 1)', '1')} "
         "ELSE coalesce(p.version, 0) + 1 END"
     )
-    return dialect.create_temp_as(
+    return dialect.full_outer_join_as(
         "sp_diff",
         "SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, "
         f"CASE WHEN {live} THEN p.checksum END AS prev_checksum, "
@@ -251,9 +244,11 @@ def diff(dialect: Dialect, previous: str) -> str:
         f"WHEN {live} AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, "
         f"CASE WHEN {live} AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, "
         f"CASE WHEN {live} THEN p.uncertain ELSE 0 END AS uncertain, "
-        f"CASE WHEN {live} THEN p.mapping_checksums END AS prev_mapping_checksums "
-        f"FROM {dialect.temp_table('sp_cur')} c FULL OUTER JOIN {previous} p ON p.pk = c.pk "
-        f"WHERE (c.pk IS NOT NULL AND NOT ({unchanged})) OR (c.pk IS NULL AND p.deleted_at IS NULL)",
+        f"CASE WHEN {live} THEN p.mapping_checksums END AS prev_mapping_checksums",
+        dialect.temp_table("sp_cur"),
+        previous,
+        f"c.pk IS NOT NULL AND NOT ({unchanged})",
+        "c.pk IS NULL AND p.deleted_at IS NULL",
     )
 
 
@@ -427,6 +422,15 @@ def live_count(state: str) -> str:
     return f"SELECT count(*) FROM {state} WHERE deleted_at IS NULL"
 
 
+def _numbered(step: str, statements: str | list[str]) -> list[tuple[str, str]]:
+    """One step's statement, or its statements as ``step_0``, ``step_1``, ... where a dialect needs several."""
+    if isinstance(statements, str):
+        return [(step, statements)]
+    if len(statements) == 1:
+        return [(step, statements[0])]
+    return [(f"{step}_{i}", statement) for i, statement in enumerate(statements)]
+
+
 def render_statements(
     dialect: Dialect,
     model_sql: str,
@@ -507,7 +511,7 @@ def render_statements(
             steps += [(f"fold_journal_{i}", statement) for i, statement in enumerate(fold_journal(dialect))]
         steps.append(("previous_index", dialect.temp_index("sp_prev", "pk", unique=True)))
     steps += [
-        ("diff", diff(dialect, previous)),
+        *_numbered("diff", diff(dialect, previous)),
         ("diff_index", dialect.temp_index("sp_diff", "pos")),
         ("diff_key_index", dialect.temp_index("sp_diff", "pk", unique=True)),
         ("marks", marks_table(dialect)),
@@ -519,7 +523,7 @@ def render_statements(
                 dialect, model, primary_key, "|".join(fingerprints), used, [by_name[c] for c in used]
             ),
         ),
-        ("keep_first_of_repeats", keep_first_of_repeats(dialect)),
+        *_numbered("keep_first_of_repeats", keep_first_of_repeats(dialect)),
         ("rows_index", dialect.temp_index("sp_rows", "__sp_key", unique=True)),
         ("analyze_rows", dialect.analyze("sp_rows")),
         ("changed_rows", changed_rows(dialect, columns)),

@@ -1,0 +1,105 @@
+-- session_0
+SET SESSION TimeZone = 'UTC';
+
+-- session_1
+SET SESSION Calendar = 'gregorian';
+
+-- meta_ddl
+CREATE TABLE IF NOT EXISTS "segment_profiles"."syncs" (sync_id TEXT PRIMARY KEY, state_table TEXT NOT NULL, generation BIGINT NOT NULL, dialect TEXT, definition INTEGER, used_columns TEXT, updated_at BIGINT);
+
+-- state_ddl
+CREATE TABLE IF NOT EXISTS "segment_profiles"."sp_sync_customers_0123456789ab" (pk TEXT PRIMARY KEY, checksum TEXT, version BIGINT NOT NULL, uncertain SMALLINT NOT NULL DEFAULT 0, pending SMALLINT NOT NULL DEFAULT 0, deleted_at BIGINT, mapping_checksums TEXT);
+
+-- insert_meta
+INSERT INTO "segment_profiles"."syncs" (sync_id, state_table, generation) VALUES (?, ?, 0) ON CONFLICT (sync_id) DO NOTHING;
+
+-- probe_model
+SELECT * FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m WHERE 1 = 0;
+
+-- materialise_model
+CREATE TABLE "sp_work".main."sp_model" AS SELECT CAST(sp_m."customer_id" AS VARCHAR) AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || coalesce('''' || replace(CAST("customer_id" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("email" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("score" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("signed_up_at" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("tags" AS VARCHAR), '''', '''''') || '''', 'NULL')), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_pos FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m;
+
+-- null_keys
+SELECT __sp_pos FROM "sp_work".main."sp_model" WHERE __sp_key IS NULL ORDER BY __sp_pos;
+
+-- repeated_keys
+SELECT __sp_key, count(*) - 1 FROM "sp_work".main."sp_model" WHERE __sp_key IS NOT NULL GROUP BY __sp_key HAVING count(*) > 1 ORDER BY min(__sp_pos);
+
+-- current_records
+CREATE TABLE "sp_work".main."sp_cur" AS SELECT __sp_key AS pk, __sp_checksum AS checksum, __sp_pos AS pos FROM "sp_work".main."sp_model" WHERE __sp_key IS NOT NULL AND __sp_pos IN (SELECT min(__sp_pos) FROM "sp_work".main."sp_model" WHERE __sp_key IS NOT NULL GROUP BY __sp_key);
+
+-- copy_previous
+CREATE TABLE "sp_work".main."sp_prev" AS SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM "segment_profiles"."sp_sync_customers_0123456789ab";
+
+-- journal
+CREATE TABLE "sp_work".main."sp_journal" (pk TEXT, version BIGINT);
+
+-- fold_journal_0
+UPDATE "sp_work".main."sp_prev" SET uncertain = 1 WHERE deleted_at IS NULL AND pk IN (SELECT pk FROM "sp_work".main."sp_journal");
+
+-- fold_journal_1
+DELETE FROM "sp_work".main."sp_prev" WHERE deleted_at IS NOT NULL AND pk IN (SELECT pk FROM "sp_work".main."sp_journal");
+
+-- fold_journal_2
+INSERT INTO "sp_work".main."sp_prev" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT j.pk, NULL, min(j.version), 1, 0, NULL, NULL FROM "sp_work".main."sp_journal" j WHERE NOT EXISTS (SELECT 1 FROM "sp_work".main."sp_prev" p WHERE p.pk = j.pk) GROUP BY j.pk;
+
+-- diff
+CREATE TABLE "sp_work".main."sp_diff" AS SELECT c.pos AS pos, coalesce(c.pk, p.pk) AS pk, c.checksum AS checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.checksum END AS prev_checksum, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.version END AS prev_version, CASE WHEN c.pk IS NULL THEN coalesce(p.version, 0) + 1 WHEN p.pk IS NULL THEN 1 WHEN p.deleted_at IS NOT NULL THEN coalesce(p.version, 0) + 1 WHEN p.checksum IS NULL THEN GREATEST(coalesce(p.version, 1), 1) ELSE coalesce(p.version, 0) + 1 END AS version, CASE WHEN c.pk IS NULL THEN 'deleted' WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL THEN 'updated' ELSE 'added' END AS kind, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.pending = 1 AND p.uncertain = 0 THEN 1 ELSE 0 END AS pending, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.uncertain ELSE 0 END AS uncertain, CASE WHEN p.pk IS NOT NULL AND p.deleted_at IS NULL THEN p.mapping_checksums END AS prev_mapping_checksums FROM "sp_work".main."sp_cur" c FULL OUTER JOIN "sp_work".main."sp_prev" p ON p.pk = c.pk WHERE (c.pk IS NOT NULL AND NOT (p.pk IS NOT NULL AND p.deleted_at IS NULL AND p.checksum IS NOT NULL AND p.checksum = c.checksum AND p.uncertain = 0 AND p.pending = 0)) OR (c.pk IS NULL AND p.deleted_at IS NULL);
+
+-- marks
+CREATE TABLE "sp_work".main."sp_marks" (pk TEXT, mark INTEGER);
+
+-- mapping_checksums
+CREATE TABLE "sp_work".main."sp_mapsums" (pk TEXT, current TEXT, kept TEXT, unchanged SMALLINT);
+
+-- materialise_changed
+CREATE TABLE "sp_work".main."sp_rows" AS SELECT sp_m.*, CAST(sp_m."customer_id" AS VARCHAR) AS __sp_key, substr(md5('identify:0123abcd|track:4567ef01|customer_id:TEXT,email:TEXT,score:FLOAT,signed_up_at:TIMESTAMP,tags:JSON' || '|' || coalesce('''' || replace(CAST("customer_id" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("email" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("score" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("signed_up_at" AS VARCHAR), '''', '''''') || '''', 'NULL') || '|' || coalesce('''' || replace(CAST("tags" AS VARCHAR), '''', '''''') || '''', 'NULL')), 1, 16) AS __sp_checksum, row_number() OVER () AS __sp_row FROM (
+SELECT customer_id, email, plan, score, signed_up_at, tags FROM customers WHERE plan <> 'closed'
+) sp_m JOIN "sp_work".main."sp_diff" d ON d.pk = CAST(sp_m."customer_id" AS VARCHAR) AND d.kind <> 'deleted';
+
+-- keep_first_of_repeats
+DELETE FROM "sp_work".main."sp_rows" WHERE __sp_key IN (SELECT __sp_key FROM "sp_work".main."sp_rows" GROUP BY __sp_key HAVING count(*) > 1) AND __sp_row NOT IN (SELECT min(r.__sp_row) FROM "sp_work".main."sp_rows" r JOIN "sp_work".main."sp_cur" c ON c.pk = r.__sp_key AND c.checksum = r.__sp_checksum GROUP BY r.__sp_key);
+
+-- changed_rows
+SELECT m."customer_id", m."email", m."plan", m."score", m."signed_up_at", m."tags" FROM "sp_work".main."sp_rows" m JOIN "sp_work".main."sp_diff" d ON d.pk = m.__sp_key ORDER BY d.pos;
+
+-- classifications
+SELECT d.pk, m.__sp_checksum, d.version, d.kind, d.pending, d.uncertain, d.prev_mapping_checksums FROM "sp_work".main."sp_rows" m JOIN "sp_work".main."sp_diff" d ON d.pk = m.__sp_key ORDER BY d.pos;
+
+-- deleted_rows
+SELECT pk, prev_checksum, version FROM "sp_work".main."sp_diff" WHERE kind = 'deleted' ORDER BY pk;
+
+-- flags
+CREATE TABLE "sp_work".main."sp_flags" AS SELECT pk, max(CASE WHEN mark = 1 THEN 1 ELSE 0 END) AS failed, max(CASE WHEN mark = 2 THEN 1 ELSE 0 END) AS rejected, max(CASE WHEN mark = 3 THEN 1 ELSE 0 END) AS delete_failed FROM "sp_work".main."sp_marks" GROUP BY pk;
+
+-- move_generation
+UPDATE "segment_profiles"."syncs" SET generation = ?, dialect = ?, definition = ?, used_columns = ?, updated_at = ? WHERE sync_id = ? AND generation = ?;
+
+-- commit_0
+DELETE FROM "segment_profiles"."sp_sync_customers_0123456789ab";
+
+-- commit_1
+INSERT INTO "segment_profiles"."sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums FROM "sp_work".main."sp_prev";
+
+-- commit_2
+DELETE FROM "segment_profiles"."sp_sync_customers_0123456789ab" WHERE pk IN (SELECT __sp_key FROM "sp_work".main."sp_rows");
+
+-- commit_3
+INSERT INTO "segment_profiles"."sp_sync_customers_0123456789ab" (pk, checksum, version, uncertain, pending, deleted_at, mapping_checksums) SELECT d.pk, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN d.prev_checksum ELSE r.__sp_checksum END, CASE WHEN coalesce(s.unchanged, 0) = 1 OR ((coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) AND d.prev_checksum IS NOT NULL) THEN d.prev_version ELSE d.version END, CASE WHEN coalesce(f.failed, 0) = 1 AND d.prev_checksum IS NOT NULL THEN 1 ELSE 0 END, coalesce(f.rejected, 0), NULL, CASE WHEN (coalesce(f.failed, 0) = 1 OR coalesce(f.rejected, 0) = 1) THEN s.kept ELSE s.current END FROM "sp_work".main."sp_rows" r JOIN "sp_work".main."sp_diff" d ON d.pk = r.__sp_key LEFT JOIN "sp_work".main."sp_flags" f ON f.pk = d.pk LEFT JOIN "sp_work".main."sp_mapsums" s ON s.pk = d.pk;
+
+-- commit_4
+UPDATE "segment_profiles"."sp_sync_customers_0123456789ab" SET uncertain = 1, pending = 0 WHERE pk IN (SELECT pk FROM "sp_work".main."sp_flags" WHERE delete_failed = 1);
+
+-- commit_5
+UPDATE "segment_profiles"."sp_sync_customers_0123456789ab" SET checksum = NULL, version = coalesce(version, 0) + 1, uncertain = 0, pending = 0, deleted_at = ?, mapping_checksums = NULL WHERE pk IN (SELECT pk FROM "sp_work".main."sp_diff" WHERE kind = 'deleted') AND pk NOT IN (SELECT pk FROM "sp_work".main."sp_flags" WHERE delete_failed = 1);
+
+-- commit_6
+DELETE FROM "segment_profiles"."sp_sync_customers_0123456789ab" WHERE deleted_at IS NOT NULL AND deleted_at <= ?;
+
+-- live_count
+SELECT count(*) FROM "segment_profiles"."sp_sync_customers_0123456789ab" WHERE deleted_at IS NULL;
+

@@ -20,7 +20,14 @@ from airflow_provider_segment_profiles.actions import (
     RecordBuilder,
     RecordRejected,
 )
-from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, MessageRef, Outcome, new
+from airflow_provider_segment_profiles.pipeline.records import (
+    Change,
+    ChangeKind,
+    MessageRef,
+    Outcome,
+    Rejection,
+    new,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.dispatcher import Completion
@@ -63,8 +70,8 @@ class MessageFanout:
             self._by_name[mapping.name] = target
             for kind in mode.changes_selected(mapping.trigger):
                 self._targets[kind].append(target)
-        #: ``(unique identifier, mapping, kind)`` of upserts a mapping rejected since :meth:`take_rejected`.
-        self.rejected_keys: list[tuple[str, str, str]] = []
+        #: Upserts a mapping rejected since :meth:`take_rejected`.
+        self.rejected_keys: list[Rejection] = []
         #: The sync log (``pipeline/sync_log.py``), or ``None``: only then do refs carry the message id.
         self.sync_log = accounting.sync_log
         #: The change kinds some mapping sends; changes of other kinds need no message and no journal entry.
@@ -74,8 +81,8 @@ class MessageFanout:
         #: Names of the mappings that send added records.
         self.adding = frozenset(name for name, _, _ in self._targets[ChangeKind.ADDED])
 
-    def take_rejected(self) -> list[tuple[str, str, str]]:
-        """``(unique identifier, mapping, kind)`` of upserts rejected since the last call (for state marks)."""
+    def take_rejected(self) -> list[Rejection]:
+        """The upserts rejected since the last call (for state marks)."""
         keys, self.rejected_keys = self.rejected_keys, []
         return keys
 
@@ -90,17 +97,21 @@ class MessageFanout:
         sync_log = self.sync_log
         rejected = self.rejected_keys
         by_name = self._by_name
-        for kind, key, row, token, _version, cursor_value, pending, changed in changes:
+        for change in changes:
+            kind = change.kind
             chosen = targets[kind]
+            changed = change.changed_mappings
             if changed is not None:
                 # An updated record goes only through the mappings whose own inputs changed.
                 chosen = [target for target in chosen if target[0] in changed]
+            pending = change.pending
             if pending:
                 # A record with messages an earlier run rejected: built again through those mappings, also
                 # when its trigger no longer selects it (an added record that changed since still owes its
                 # 'added' message); an unchanged one comes back for them alone.
                 owed = [by_name[n] for n in pending if n in by_name]
                 chosen = owed if kind is _UNCHANGED else [*chosen, *(t for t in owed if t not in chosen)]
+            key, row, token, cursor_value = change.key, change.row, change.token, change.cursor_value
             for name, builder, space in chosen:
                 tallies[name].selected += 1
                 try:
@@ -113,7 +124,7 @@ class MessageFanout:
                     if sync_log is not None:
                         sync_log.rejected(name, key, kind, rejection.field)
                     if row is not None:
-                        rejected.append((key, name, kind))
+                        rejected.append(Rejection(key, name, kind))
                     if name in pending:
                         accounting.rejected_carried_over += 1
                         tallies[name].rejected_carried_over += 1

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.pipeline.records import ChangeKind, Outcome
+from airflow_provider_segment_profiles.pipeline.records import ChangeKind, Outcome, Rejection
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.dispatcher import Completion
@@ -90,7 +90,7 @@ class Settler:
         self.check_cancelled()
         failed: list[str] = []
         failed_deletes: list[str] = []
-        rejected: list[tuple[str, str, str]] = []
+        rejected: list[Rejection] = []
         count = self.accounting.message
         delivered = 0
         for done in completions:
@@ -103,7 +103,7 @@ class Settler:
             elif done.outcome == Outcome.DELIVERED:
                 delivered += 1
             elif ref.kind != ChangeKind.DELETED:  # rejected by the hook (too large once encoded)
-                rejected.append((ref.key, ref.mapping, ref.kind))
+                rejected.append(Rejection(ref.key, ref.mapping, ref.kind))
         self.progress.delivered += delivered
         if self.sync_log is not None:
             self.sync_log.settled(completions)

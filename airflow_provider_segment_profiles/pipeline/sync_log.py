@@ -150,7 +150,7 @@ class SyncLog:
         rows = self._rows
         for done in completions:
             ref = done.ref
-            message_id = ref[4] if len(ref) > 4 else None
+            message_id = getattr(ref, "message_id", None)  # by name: a ref without the field logs none
             reason = done.reason[:MAX_REASON] if done.reason else None
             rows.append(
                 (ref.mapping, ref.key, str(ref.kind), str(done.outcome), reason, None, message_id, now)

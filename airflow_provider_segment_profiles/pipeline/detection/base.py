@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from airflow_provider_segment_profiles.pipeline.records import Change, Record
+from airflow_provider_segment_profiles.pipeline.records import Change, Record, Rejection
 
 
 class ChangeDetector(Protocol):
@@ -90,9 +90,9 @@ class ChangeDetector(Protocol):
     def mark_delete_failed(self, keys: Iterable[str]) -> None:
         """A deleted record's message was not delivered: it counts as deleted again next run."""
 
-    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
+    def mark_rejected(self, rejections: Iterable[Rejection]) -> None:
         """
-        ``(unique identifier, mapping, change kind)`` of messages a mapping rejected for bad data. They stay
+        Messages a mapping rejected for bad data (unique identifier, mapping, change kind). They stay
         pending: the next run builds and validates the record again through those mappings even when its
         values did not change (then it detects it as an ``unchanged`` change whose
         :attr:`~..records.Change.pending` names the mappings), until they are delivered or the record leaves

@@ -19,10 +19,16 @@ from airflow_provider_segment_profiles.pipeline.detection.checksum import (
     changed_among,
     checksum_hex,
 )
-from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, Rejection, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.journal import SendJournal
-from airflow_provider_segment_profiles.state.snapshot import SnapshotStore, prepare_previous
+from airflow_provider_segment_profiles.state.snapshot import (
+    MAPPINGS_UNCHANGED,
+    Certainty,
+    MappingLookup,
+    SnapshotStore,
+    prepare_previous,
+)
 from airflow_provider_segment_profiles.state.watermark import sort_key
 
 if TYPE_CHECKING:
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 _ADDED, _UPDATED, _UNCHANGED = ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.UNCHANGED
+#: Plain ints: SQLite's values compare with them on the fast path.
+_CERTAIN, _PENDING = int(Certainty.CERTAIN), int(Certainty.PENDING)
 
 
 def deleted_token(held_checksum: int | None, version: int) -> str:
@@ -172,7 +180,7 @@ class WorkerChangeDetector:
         assert checksummer is not None, "bind() first"
         checksums = [checksummer(record.row) for record in records]
         store = self.store
-        lookups: list[Any] = store.look_up(
+        lookups: list[MappingLookup | None] = store.look_up(  # type: ignore[assignment]  # per_mapping
             [
                 (record.key, checksum, record.cursor_key)
                 for record, checksum in zip(records, checksums, strict=True)
@@ -192,7 +200,7 @@ class WorkerChangeDetector:
                 [
                     record.key
                     for record, lookup in zip(records, lookups, strict=True)
-                    if lookup and lookup[3] == 2
+                    if lookup and lookup.uncertain == _PENDING
                 ]
             )
         max_key = self._max_cursor_key
@@ -202,13 +210,12 @@ class WorkerChangeDetector:
                     record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
                 )
                 continue
-            row, key, cursor_value, cursor_key = record
-            held, known, version, uncertain, _held_mappings = lookup
+            uncertain = lookup.uncertain
             retry: tuple[str, ...] = ()
-            if uncertain == 2:  # messages an earlier run rejected: see SnapshotStore.pending_messages
-                retry = tuple(mapping for mapping, _kind in pending.get(key, ()))
-                uncertain = 0
-            kind = _ADDED if self.refresh else classify(known, held, checksum, uncertain)
+            if uncertain == _PENDING:  # messages an earlier run rejected: see SnapshotStore.pending_messages
+                retry = tuple(mapping for mapping, _kind in pending.get(record.key, ()))
+                uncertain = _CERTAIN
+            kind = _ADDED if self.refresh else classify(lookup.known, lookup.held, checksum, uncertain)
             changed_mappings = None
             if kind is _UPDATED and by_mapping:
                 changed_mappings = by_mapping.get(position)
@@ -217,9 +224,10 @@ class WorkerChangeDetector:
                         changed_mappings = None
                     else:  # its checksum changed (a mapping was removed), no mapping's inputs did
                         kind = _UNCHANGED
+            cursor_key = record.cursor_key
             if cursor_key is not None and (max_key is None or cursor_key > max_key):
                 max_key = cursor_key
-                self._max_cursor = cursor_value
+                self._max_cursor = record.cursor_value
             if kind is _UNCHANGED:
                 unchanged += 1
                 if not retry:
@@ -227,16 +235,17 @@ class WorkerChangeDetector:
                 retried += 1  # unchanged, but built again through the mappings that rejected it
             else:
                 added += kind is _ADDED
+            version = lookup.version
             changes.append(
                 new(
                     Change,
                     (
                         kind,
-                        key,
-                        row,
+                        record.key,
+                        record.row,
                         token(checksum_hex(checksum), version),
                         version,
-                        cursor_value,
+                        record.cursor_value,
                         retry,
                         changed_mappings,
                     ),
@@ -249,7 +258,9 @@ class WorkerChangeDetector:
         counts[_UPDATED] += len(changes) - added - retried
         return changes
 
-    def _changed_mappings(self, records: Sequence[Record], lookups: list[Any]) -> dict[int, tuple[str, ...]]:
+    def _changed_mappings(
+        self, records: Sequence[Record], lookups: Sequence[MappingLookup]
+    ) -> dict[int, tuple[str, ...]]:
         """
         Compute the mapping checksums of the looked-up records that need them (those whose checksum changed,
         added ones, and unchanged ones an upgraded snapshot has none for), hand them to the store, and return
@@ -261,12 +272,13 @@ class WorkerChangeDetector:
         names = mapping_checksums.names
         changed: dict[int, tuple[str, ...]] = {}
         rows: list[tuple[bytes, bytes | None, int]] = []
-        # 0: unchanged, with its mapping checksums (the usual case); see SnapshotStore.look_up.
-        for position in [p for p, lookup in enumerate(lookups) if lookup[4] != 0]:
-            held, _known, _version, _uncertain, held_mappings = lookups[position]
+        # Unchanged records with their mapping checksums (the usual case) need none; see SnapshotStore.look_up.
+        for position in [p for p, lookup in enumerate(lookups) if lookup.held_mappings != MAPPINGS_UNCHANGED]:
+            lookup = lookups[position]
+            held_mappings = lookup.held_mappings
             digests = mapping_checksums(records[position].row)
             kept = None
-            if held is not None and held_mappings is not None:
+            if lookup.held is not None and held_mappings is not None:
                 changed[position], kept = changed_among(names, digests, held_mappings)
             rows.append((b"".join(digests), kept, position + 1))
         if rows:
@@ -316,7 +328,7 @@ class WorkerChangeDetector:
         """See :meth:`SnapshotStore.mark_delete_failed`."""
         self.store.mark_delete_failed(keys)
 
-    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
+    def mark_rejected(self, rejections: Iterable[Rejection]) -> None:
         """See :meth:`SnapshotStore.mark_rejected` (diff mode; other modes keep no per-record values)."""
         if self.mode.retries_rejected:
             self.store.mark_rejected(rejections)

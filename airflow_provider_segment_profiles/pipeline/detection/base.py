@@ -34,8 +34,11 @@ class ChangeDetector(Protocol):
         """An open warehouse connection the source must read through (``None``: the source opens its own)."""
 
     @property
-    def rows_fetched(self) -> int:
-        """Rows that crossed the network from the warehouse (the summary's ``rows_fetched``)."""
+    def rows_fetched(self) -> int | None:
+        """
+        Rows that crossed the network from the warehouse (the summary's ``rows_fetched``); ``None`` when
+        that is every row the source read (the run then reports the source's count).
+        """
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """
@@ -48,8 +51,8 @@ class ChangeDetector(Protocol):
 
     def detect(self, records: Sequence[Record]) -> list[Change]:
         """
-        Classify one chunk of records. Each is counted in the accounting as added, updated, unchanged, or
-        rejected (a unique identifier an earlier chunk had).
+        Classify one chunk of records. Each is reported to the run's :class:`~..outcomes.OutcomeSink` as
+        added, updated, unchanged, or rejected (a unique identifier an earlier chunk had).
 
         :return: the added and updated records, in order (unchanged ones need no message).
         """

@@ -33,8 +33,8 @@ from airflow_provider_segment_profiles.state.watermark import sort_key
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.actions import CompiledMapping
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 _ADDED, _UPDATED, _UNCHANGED = ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.UNCHANGED
@@ -71,7 +71,7 @@ class WorkerChangeDetector:
     :param location: where the sync's state lives.
     :param previous: the committed state this run compares against (``None``: every record is new).
     :param workdir: local folder for the snapshot files of this run.
-    :param accounting: receives every record's classification.
+    :param outcomes: receives every chunk's classifications and the records rejected as repeated.
     :param primary_key: the unique identifier column (for rejection reasons).
     :param journal_tag: this try's name, a safe path component; ``None`` writes no journal (dry runs).
     :param log: the task's logger.
@@ -93,7 +93,7 @@ class WorkerChangeDetector:
         previous: SyncState | None,
         head: SyncState | None,
         workdir: Path,
-        accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         primary_key: str,
         journal_tag: str | None,
         log: Any,
@@ -102,7 +102,7 @@ class WorkerChangeDetector:
         carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
-        self.accounting = accounting
+        self.outcomes = outcomes
         self.primary_key = primary_key
         self._max_cursor: Any = None
         self._max_cursor_key: Any = None
@@ -162,9 +162,9 @@ class WorkerChangeDetector:
         return None
 
     @property
-    def rows_fetched(self) -> int:
-        """Every row read crossed the network."""
-        return self.accounting.rows_read
+    def rows_fetched(self) -> None:
+        """Every row the source read crossed the network (``None``: the source's count)."""
+        return None
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """Set up the checksum over the used columns, and one per followed mapping over its own columns."""
@@ -206,7 +206,7 @@ class WorkerChangeDetector:
         max_key = self._max_cursor_key
         for position, (record, checksum, lookup) in enumerate(zip(records, checksums, lookups, strict=True)):
             if lookup is None:
-                self.accounting.reject_record(
+                self.outcomes.reject_record(
                     record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
                 )
                 continue
@@ -252,10 +252,10 @@ class WorkerChangeDetector:
                 )
             )
         self._max_cursor_key = max_key
-        counts = self.accounting.records
-        counts[_UNCHANGED] += unchanged
-        counts[_ADDED] += added
-        counts[_UPDATED] += len(changes) - added - retried
+        outcomes = self.outcomes
+        outcomes.classified(_UNCHANGED, unchanged)
+        outcomes.classified(_ADDED, added)
+        outcomes.classified(_UPDATED, len(changes) - added - retried)
         return changes
 
     def _changed_mappings(
@@ -306,7 +306,7 @@ class WorkerChangeDetector:
             return
         deleted = ChangeKind.DELETED
         for chunk in self.store.deleted():
-            self.accounting.records[deleted] += len(chunk)
+            self.outcomes.classified(deleted, len(chunk))
             yield [
                 Change(deleted, key, None, deleted_token(held, version), version)
                 for key, held, version in chunk

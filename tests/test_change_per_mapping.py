@@ -148,7 +148,7 @@ def _detector(tmp_path: Path, run: str, head, defined: list[dict]) -> WorkerChan
         previous=head,
         head=head,
         workdir=workdir,
-        accounting=SyncAccounting([m.name for m in compiled]),
+        outcomes=SyncAccounting([m.name for m in compiled]),
         primary_key="id",
         journal_tag=run,
         log=LOG,

@@ -69,7 +69,7 @@ def test_source_rejects_null_and_repeated_keys_naming_the_column(tmp_path, monke
     hook = _hook(tmp_path, monkeypatch, [(1, "a", 1), (None, "b", 2), (1, "c", 3), (2, "d", 4)])
     accounting = SyncAccounting(["m"])
     source = RecordSource(
-        hook, "SELECT * FROM m", None, primary_key="id", cursor_column=None, accounting=accounting
+        hook, "SELECT * FROM m", None, primary_key="id", cursor_column=None, outcomes=accounting
     )
     assert source.open() == ["id", "name", "ts"]
     assert source.column_problems() == []
@@ -86,7 +86,7 @@ def test_source_rejects_cursor_values_that_cannot_be_ordered_together(tmp_path, 
     hook = _hook(tmp_path, monkeypatch, [(1, "a", 10), (2, "b", "2024-01-01"), (3, "c", None), (4, "d", 11)])
     accounting = SyncAccounting(["m"])
     source = RecordSource(
-        hook, "SELECT * FROM m", None, primary_key="id", cursor_column="ts", accounting=accounting
+        hook, "SELECT * FROM m", None, primary_key="id", cursor_column="ts", outcomes=accounting
     )
     source.open()
     records = [r for chunk in source.chunks() for r in chunk]
@@ -100,7 +100,7 @@ def test_source_rejects_cursor_values_that_cannot_be_ordered_together(tmp_path, 
 def test_source_names_missing_columns(tmp_path, monkeypatch):
     hook = _hook(tmp_path, monkeypatch, [(1, "a", 1)])
     source = RecordSource(
-        hook, "SELECT name FROM m", None, primary_key="id", cursor_column="ts", accounting=SyncAccounting([])
+        hook, "SELECT name FROM m", None, primary_key="id", cursor_column="ts", outcomes=SyncAccounting([])
     )
     source.open()
     assert source.column_problems() == [
@@ -152,7 +152,7 @@ def _detector(
         previous=get_mode(mode).resumes_from(head, False),
         head=head,
         workdir=workdir,
-        accounting=accounting or SyncAccounting(["m"]),
+        outcomes=accounting or SyncAccounting(["m"]),
         primary_key="id",
         journal_tag=run,
         log=LOG,

@@ -1,15 +1,29 @@
-"""Counting every record and message of a sync run, the problem report, and the run summary."""
+"""
+Counting every record and message of a sync run, the problem report, and the run summary.
+
+:class:`SyncAccounting` is the run's :class:`~.outcomes.OutcomeSink` that counts: the stages report to it
+through that protocol (``pipeline/outcomes.py``) and the run reads the totals, the summary and the
+reconciliation from it.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_segment_profiles.common.outcomes import Outcome
 from airflow_provider_segment_profiles.exceptions import AccountingMismatch
+
+if TYPE_CHECKING:
+    from airflow_provider_segment_profiles.common.changes import ChangeKind
+    from airflow_provider_segment_profiles.delivery.dispatcher import Completion
+    from airflow_provider_segment_profiles.pipeline.outcomes import BuiltOutcome
+
+_DELIVERED, _REJECTED, _FAILED = Outcome.DELIVERED, Outcome.REJECTED, Outcome.FAILED
 
 #: Most rejected or failed examples kept in the summary (the report file has all of them).
 MAX_SAMPLES = 20
@@ -47,11 +61,15 @@ class RejectionBasis(NamedTuple):
 @dataclass
 class SyncAccounting:
     """
-    Running totals of one sync run.
+    Running totals of one sync run: an :class:`~.outcomes.OutcomeSink`.
 
     Records: every row read is exactly one of added, updated, unchanged or rejected (NULL or duplicate
     unique identifier, NULL cursor); deleted records are counted apart (they are not rows of this run).
     Messages: every message a mapping selects is exactly one of delivered, rejected, failed or skipped.
+
+    The warehouse engine (``pipeline/detection/warehouse/``) still adds to :attr:`rows_read` and
+    :attr:`records` directly besides calling :meth:`reject_record`; every other stage reports through the
+    protocol only.
 
     :param mapping_names: names of the operator's mappings, in order.
     :param report: binary file receiving one NDJSON line per rejected or failed record/message and per
@@ -69,8 +87,6 @@ class SyncAccounting:
     problems_reported: int = 0
     #: Rejected messages of records an earlier run had rejected too (pending records evaluated again).
     rejected_carried_over: int = 0
-    #: The run's :class:`~.sync_log.SyncLog`, or ``None``; the stages that see outcomes hand them to it.
-    sync_log: Any = None
 
     def __post_init__(self) -> None:
         self.mappings = {name: MappingTally() for name in self.mapping_names}
@@ -85,6 +101,18 @@ class SyncAccounting:
         self.adding_mappings: frozenset[str] | None = None
         #: (outcome, mapping, field, reason with values masked) -> [count, first primary key, first reason]
         self._groups: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
+
+    def read(self, rows: int) -> None:
+        """See :meth:`.OutcomeSink.read`."""
+        self.rows_read += rows
+
+    def classified(self, kind: ChangeKind, records: int) -> None:
+        """See :meth:`.OutcomeSink.classified`."""
+        self.records[kind] += records
+
+    def selected(self, mapping: str, messages: int) -> None:
+        """See :meth:`.OutcomeSink.selected`."""
+        self.mappings[mapping].selected += messages
 
     def reject_record(self, primary_key: str | None, reason: str, field_: str | None = None) -> None:
         """A row that cannot be synced at all (its unique identifier is NULL or repeated, or its cursor bad)."""
@@ -109,10 +137,10 @@ class SyncAccounting:
                 else:
                     counts.update(names)
 
-    def warn(self, mapping: str, primary_key: str, warnings: list[str]) -> None:
+    def warn(self, mapping: str, primary_key: str, warnings: Sequence[str]) -> None:
         """
         What a mapping changed to make a record's message sendable (one report line per warning, outcome
-        ``warning``); the message itself is counted by :meth:`message` as usual.
+        ``warning``); the message itself ends in its own outcome as usual.
         """
         self.warnings += len(warnings)
         for text in warnings:
@@ -120,13 +148,30 @@ class SyncAccounting:
                 {"primary_key": primary_key, "mapping": mapping, "outcome": "warning", "reason": text}
             )
 
-    def message(
-        self, mapping: str, outcome: str, primary_key: str, reason: str = "", field_: str | None = None
-    ):
-        """Count one message's final outcome (``delivered``, ``rejected`` or ``failed``)."""
+    def message(self, ended: BuiltOutcome) -> None:
+        """See :meth:`.OutcomeSink.message`: counted and reported as :meth:`count_message` does."""
+        self.count_message(ended.mapping, ended.outcome, ended.primary_key, ended.reason, ended.field)
+        if ended.carried_over:
+            self.rejected_carried_over += 1
+            self.mappings[ended.mapping].rejected_carried_over += 1
+
+    def settled(self, completions: Sequence[Completion]) -> None:
+        """See :meth:`.OutcomeSink.settled`: each completion counted as :meth:`count_message` does."""
+        count = self.count_message
+        for done in completions:
+            ref = done.ref
+            count(ref.mapping, done.outcome, ref.key, done.reason)
+
+    def count_message(
+        self, mapping: str, outcome: Outcome, primary_key: str, reason: str = "", field_: str | None = None
+    ) -> None:
+        """
+        Count one message's final outcome (``delivered``, ``rejected``, ``failed`` or ``skipped``); report
+        any but ``delivered``.
+        """
         tally = self.mappings[mapping]
         setattr(tally, outcome, getattr(tally, outcome) + 1)
-        if outcome != "delivered":
+        if outcome != _DELIVERED:
             entry = {"primary_key": primary_key, "mapping": mapping, "outcome": outcome, "reason": reason}
             if field_:
                 entry["field"] = field_
@@ -144,9 +189,9 @@ class SyncAccounting:
             group[0] += 1
         target = (
             self.rejected_samples
-            if outcome == "rejected"
+            if outcome == _REJECTED
             else self.failed_samples
-            if outcome == "failed"
+            if outcome == _FAILED
             else None
         )
         if target is not None and len(target) < MAX_SAMPLES:

@@ -4,8 +4,10 @@ The typed records that travel between the stages of a sync.
 ``source`` yields :class:`Record` chunks; change detection turns each into a :class:`Change` (and finds
 deleted records as changes without a row); message building fans a change out over the mappings, handing
 each message to delivery with a :class:`MessageRef`; settling reads the ref back from the message's
-completion. They are ``NamedTuple``\\ s because millions are made per run: a named tuple costs what a
-plain tuple costs, and its fields have names.
+completion; a message a mapping rejects for bad data comes back to change detection as a
+:class:`Rejection`. They are ``NamedTuple``\\ s because millions are made per run: a named tuple costs what a
+plain tuple costs, and its fields have names. Read them by name (``change.key``), never by position: a
+field added later then breaks nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, NamedTuple
 from airflow_provider_segment_profiles.common.changes import ChangeKind
 from airflow_provider_segment_profiles.common.outcomes import Outcome
 
-__all__ = ["Change", "ChangeKind", "MessageRef", "Outcome", "Record", "new"]
+__all__ = ["Change", "ChangeKind", "MessageRef", "Outcome", "Record", "Rejection", "new"]
 
 #: ``new(RecordType, (field, ...))`` builds a record without the Python-level ``__new__`` a ``NamedTuple``
 #: generates (no defaults are filled in: give every field). The per-record stages use it; a call of the
@@ -89,3 +91,18 @@ class MessageRef(NamedTuple):
     kind: ChangeKind
     cursor_value: Any = None
     message_id: str | None = None
+
+
+class Rejection(NamedTuple):
+    """
+    A message a mapping rejected for bad data, as change detection keeps it pending (see
+    :meth:`~.detection.base.ChangeDetector.mark_rejected`).
+
+    :param key: the record's unique identifier.
+    :param mapping: the mapping that rejected it.
+    :param kind: the change that selected the message.
+    """
+
+    key: str
+    mapping: str
+    kind: ChangeKind

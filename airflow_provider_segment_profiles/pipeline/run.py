@@ -29,6 +29,7 @@ from airflow_provider_segment_profiles.pipeline.commit import commit_state
 from airflow_provider_segment_profiles.pipeline.detection.factory import make_detector
 from airflow_provider_segment_profiles.pipeline.fanout import MessageFanout
 from airflow_provider_segment_profiles.pipeline.held_deletes import fingerprint
+from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink, OutcomeSinks
 from airflow_provider_segment_profiles.pipeline.reader import single_statement
 from airflow_provider_segment_profiles.pipeline.records import ChangeKind
 from airflow_provider_segment_profiles.pipeline.reports import upload
@@ -180,7 +181,10 @@ class SyncRun:
                 stack.enter_context(open(workdir / "dry_run.ndjson", "w+b")) if config.dry_run else None
             )
             accounting = SyncAccounting([m.name for m in self.mappings], report=report_file)
-            accounting.sync_log = self.sync_log
+            # Every stage reports its outcomes here: to the accounting, and to the sync log when kept.
+            outcomes: OutcomeSink = (
+                accounting if self.sync_log is None else OutcomeSinks([accounting, self.sync_log])
+            )
             detector = make_detector(
                 config,
                 location=self.location,
@@ -188,6 +192,7 @@ class SyncRun:
                 head=self.head,
                 workdir=workdir,
                 accounting=accounting,
+                outcomes=outcomes,
                 warehouse=self.warehouse,
                 mappings=self.mappings,
                 journal_tag=None if config.dry_run else self.run_tag,
@@ -195,10 +200,11 @@ class SyncRun:
                 refresh_from=self._refresh_from(),
             )
             stack.callback(detector.close)
-            watermark = self._stream(detector, accounting, previous, dry_run_file, started)
+            watermark = self._stream(detector, accounting, outcomes, previous, dry_run_file, started)
             accounting.reconcile()
             summary = accounting.summary()
-            summary["rows_fetched"] = detector.rows_fetched
+            fetched = detector.rows_fetched
+            summary["rows_fetched"] = accounting.rows_read if fetched is None else fetched
             if mode.uses_cursor:
                 summary["behind_watermark"] = self.arrived_behind
             state = None
@@ -252,11 +258,15 @@ class SyncRun:
         self,
         detector: ChangeDetector,
         accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         previous: SyncState | None,
         dry_run_file: IO[bytes] | None,
         started: float,
     ) -> Any:
-        """Read, detect, build, deliver and settle every record; return the watermark to commit."""
+        """
+        Read, detect, build, deliver and settle every record, the stages reporting to ``outcomes``; return the
+        watermark to commit.
+        """
         config, mode = self.config, self.config.mode
         statement = single_statement(config.sql, self.warehouse)
         sql, parameters = mode.model_query(
@@ -278,7 +288,7 @@ class SyncRun:
             parameters,
             primary_key=config.primary_key,
             cursor_column=config.cursor_column if mode.uses_cursor else None,
-            accounting=accounting,
+            outcomes=outcomes,
             fetch_size=config.fetch_size,
             cursor_start=sort_key(watermark_start) if watermark_start is not None else None,
             connection=detector.source_connection(),
@@ -286,7 +296,7 @@ class SyncRun:
         source.reader.model_sql = statement
         try:
             columns = source.open()
-            fanout = self._bind(source, detector, columns, accounting)
+            fanout = self._bind(source, detector, columns, outcomes)
             accounting.updating_mappings = fanout.updating
             accounting.adding_mappings = fanout.adding
             limiter = TokenBucket(config.max_events_per_second) if config.max_events_per_second else None
@@ -298,7 +308,7 @@ class SyncRun:
                 dry_run_sink=dry_run_file,
             )
             progress = Progress(self.log, config.progress_interval_s, started)
-            settle = Settler(accounting, detector, progress, self.raise_if_cancelled)
+            settle = Settler(outcomes, detector, progress, self.raise_if_cancelled)
             sample = self.verification_sample
             if sample is not None:
                 settle.observer = sample.settled
@@ -409,7 +419,7 @@ class SyncRun:
         )
 
     def _bind(
-        self, source: RecordSource, detector: ChangeDetector, columns: list[str], accounting: SyncAccounting
+        self, source: RecordSource, detector: ChangeDetector, columns: list[str], outcomes: OutcomeSink
     ) -> MessageFanout:
         """Check the result's columns against the settings and mappings; bind builders and checksums."""
         problems = source.column_problems()
@@ -431,7 +441,14 @@ class SyncRun:
         )
         detector.bind(columns, used, "|".join(m.fingerprint for m in self.mappings))
         self._used_names = [columns[i] for i in used]
-        return MessageFanout(self.mappings, builders, self.space_conn_ids, self.config.mode, accounting)
+        return MessageFanout(
+            self.mappings,
+            builders,
+            self.space_conn_ids,
+            self.config.mode,
+            outcomes,
+            message_ids=self.sync_log is not None,
+        )
 
     def _message_id_scope(self, conn_id: str) -> bytes:
         """

@@ -1,7 +1,8 @@
 """
-Stage 5, settling: what delivery reports about each message goes into the accounting, into the change
-detector's state marks (an undelivered record is sent again next run) and into the incremental watermark
-(held back to the smallest cursor value not delivered), and progress lines go to the task log.
+Stage 5, settling: what delivery reports about each message goes to the run's outcomes (the accounting and
+the sync log, :mod:`.outcomes`), into the change detector's state marks (an undelivered record is sent
+again next run) and into the incremental watermark (held back to the smallest cursor value not
+delivered), and progress lines go to the task log.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_segment_profiles.pipeline.records import ChangeKind, Outcome
+from airflow_provider_segment_profiles.pipeline.records import ChangeKind, Outcome, Rejection
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.delivery.dispatcher import Completion
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
+
+_DELIVERED, _FAILED, _DELETED = Outcome.DELIVERED, Outcome.FAILED, ChangeKind.DELETED
 
 
 class Progress:
@@ -60,7 +63,7 @@ class Settler:
     """
     Settles message completions; call it with each list the dispatcher returns.
 
-    :param accounting: counts each message's outcome.
+    :param outcomes: receives each list of completions.
     :param detector: receives the unique identifiers of records whose messages failed.
     :param progress: counts delivered messages.
     :param check_cancelled: raises when the run was cancelled; called before each settlement.
@@ -68,17 +71,15 @@ class Settler:
 
     def __init__(
         self,
-        accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         detector: ChangeDetector,
         progress: Progress,
         check_cancelled: Callable[[], None],
     ) -> None:
-        self.accounting = accounting
+        self.outcomes = outcomes
         self.detector = detector
         self.progress = progress
         self.check_cancelled = check_cancelled
-        #: The sync log (``pipeline/sync_log.py``), or ``None``; it sees each list of completions once.
-        self.sync_log = accounting.sync_log
         #: Cursor values of records with an undelivered message (incremental mode holds the watermark).
         self.failed_cursor_values: list[Any] = []
         #: Called with each list of completions after it is settled (``verify_sample``'s
@@ -88,25 +89,24 @@ class Settler:
     def __call__(self, completions: Sequence[Completion]) -> None:
         """Settle ``completions`` (each one's ``ref`` is a :class:`~.records.MessageRef`)."""
         self.check_cancelled()
+        self.outcomes.settled(completions)
         failed: list[str] = []
         failed_deletes: list[str] = []
-        rejected: list[tuple[str, str, str]] = []
-        count = self.accounting.message
+        rejected: list[Rejection] = []
         delivered = 0
         for done in completions:
+            outcome = done.outcome
+            if outcome == _DELIVERED:
+                delivered += 1
+                continue
             ref = done.ref
-            count(ref.mapping, done.outcome, ref.key, done.reason)
-            if done.outcome == Outcome.FAILED:
-                (failed_deletes if ref.kind == ChangeKind.DELETED else failed).append(ref.key)
+            if outcome == _FAILED:
+                (failed_deletes if ref.kind == _DELETED else failed).append(ref.key)
                 if ref.cursor_value is not None:
                     self.failed_cursor_values.append(ref.cursor_value)
-            elif done.outcome == Outcome.DELIVERED:
-                delivered += 1
-            elif ref.kind != ChangeKind.DELETED:  # rejected by the hook (too large once encoded)
-                rejected.append((ref.key, ref.mapping, ref.kind))
+            elif ref.kind != _DELETED:  # rejected by the hook (too large once encoded)
+                rejected.append(Rejection(ref.key, ref.mapping, ref.kind))
         self.progress.delivered += delivered
-        if self.sync_log is not None:
-            self.sync_log.settled(completions)
         if failed:
             self.detector.mark_failed(failed)
         if failed_deletes:

@@ -22,7 +22,7 @@ from airflow_provider_segment_profiles.state.watermark import sort_key
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
 
 
 def duplicate_reason(column: str, key: str) -> str:
@@ -47,7 +47,7 @@ class RecordSource:
     :param parameters: its bind parameters.
     :param primary_key: the unique identifier column.
     :param cursor_column: the incremental cursor column, or ``None``.
-    :param accounting: receives every row read and every rejected record.
+    :param outcomes: receives every chunk's count of rows read and every rejected record.
     :param fetch_size: rows per ``fetchmany``.
     :param cursor_start: sort key of the watermark the query starts from, so a first value of another
         kind (a number after texts) is rejected as the others would be.
@@ -62,7 +62,7 @@ class RecordSource:
         *,
         primary_key: str,
         cursor_column: str | None,
-        accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         fetch_size: int = DEFAULT_FETCH_SIZE,
         cursor_start: object = None,
         connection: Any = None,
@@ -70,7 +70,9 @@ class RecordSource:
         self.reader = ModelReader(hook, sql, parameters, fetch_size, connection)
         self.primary_key = primary_key
         self.cursor_column = cursor_column
-        self.accounting = accounting
+        self.outcomes = outcomes
+        #: Rows read so far, rejected ones included.
+        self.rows_read = 0
         self.columns: list[str] = []
         self._cursor_kind = _cursor_kind(cursor_start) if cursor_start is not None else None
 
@@ -97,29 +99,30 @@ class RecordSource:
 
     def chunks(self) -> Iterator[list[Record]]:
         """
-        Yield the checked records of each chunk read; rejected rows are counted in ``accounting``.
+        Yield the checked records of each chunk read; rejected rows go to ``outcomes``.
 
         :raises ModelReaderClosed: the reader was closed meanwhile (the task is being killed).
         """
         pk_index = self.columns.index(self.primary_key)
         cursor_index = self.columns.index(self.cursor_column) if self.cursor_column is not None else None
-        accounting = self.accounting
+        outcomes = self.outcomes
         for rows in self.reader.chunks():
-            accounting.rows_read += len(rows)
-            first_row_number = accounting.rows_read - len(rows) + 1
+            outcomes.read(len(rows))
+            first_row_number = self.rows_read + 1
+            self.rows_read += len(rows)
             records: list[Record] = []
             seen: set[str] = set()
             for position, row in enumerate(rows):
                 key = record_key(row[pk_index])
                 if key is None:
-                    accounting.reject_record(
+                    outcomes.reject_record(
                         None,
                         f"the unique identifier {self.primary_key!r} is NULL "
                         f"(row {first_row_number + position} of the result)",
                         self.primary_key,
                     )
                 elif key in seen:
-                    accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
+                    outcomes.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
                 elif cursor_index is None:
                     seen.add(key)
                     records.append(new(Record, (row, key, None, None)))
@@ -134,7 +137,7 @@ class RecordSource:
         try:
             cursor_key = sort_key(value)
         except WatermarkError as err:
-            self.accounting.reject_record(
+            self.outcomes.reject_record(
                 key, f"cursor column {self.cursor_column!r}: {err}", self.cursor_column
             )
             return None
@@ -142,7 +145,7 @@ class RecordSource:
         if self._cursor_kind is None:
             self._cursor_kind = kind
         elif kind != self._cursor_kind:
-            self.accounting.reject_record(
+            self.outcomes.reject_record(
                 key,
                 f"cursor column {self.cursor_column!r}: {value!r} is {kind} but the column's other values "
                 f"are {self._cursor_kind}; they cannot be ordered together",

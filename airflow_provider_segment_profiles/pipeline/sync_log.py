@@ -17,7 +17,9 @@ closed: one transaction that creates the table if absent and inserts every row w
 ``executemany`` runs one statement per row). A write that fails is a warning in the task log, never a
 failed sync: what was delivered stays delivered and committed.
 
-With ``sync_log_table`` unset nothing here runs: the per-message path carries one ``None`` more.
+The run hands the stages the sync log as one of its :class:`~.outcomes.OutcomeSinks`: it keeps the
+message outcomes (:meth:`SyncLog.message`, :meth:`SyncLog.settled`) and ignores the others. With
+``sync_log_table`` unset nothing here runs: the per-message path carries one ``None`` more.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_segment_profiles.common.outcomes import Outcome
 from airflow_provider_segment_profiles.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     from airflow_provider_segment_profiles.delivery.dispatcher import Completion
+    from airflow_provider_segment_profiles.pipeline.outcomes import BuiltOutcome
 
 #: The table's columns, in order.
 COLUMNS = (
@@ -150,13 +154,30 @@ class SyncLog:
         rows = self._rows
         for done in completions:
             ref = done.ref
-            message_id = ref[4] if len(ref) > 4 else None
+            message_id = getattr(ref, "message_id", None)  # by name: a ref without the field logs none
             reason = done.reason[:MAX_REASON] if done.reason else None
             rows.append(
                 (ref.mapping, ref.key, str(ref.kind), str(done.outcome), reason, None, message_id, now)
             )
         if len(rows) >= SPOOL_ROWS:
             self._spill_rows()
+
+    def message(self, ended: BuiltOutcome) -> None:
+        """
+        Log a message that ended while it was built (:meth:`.OutcomeSink.message`): a rejection as
+        :meth:`rejected` (its reason may quote the value), any other outcome with its reason.
+        """
+        if ended.outcome == Outcome.REJECTED:
+            self.rejected(ended.mapping, ended.primary_key, ended.kind, ended.field)
+        else:
+            self.record(
+                ended.mapping, ended.outcome, ended.primary_key, ended.kind, ended.reason, field=ended.field
+            )
+
+    def _not_logged(self, *_args: Any, **_kwargs: Any) -> None:
+        """Rows read, records classified or rejected, selected messages and warnings: no message outcome."""
+
+    read = classified = reject_record = selected = warn = _not_logged
 
     def rejected(self, mapping: str, primary_key: str, change: str, field: str | None) -> None:
         """Log a message the mapping's validation rejected (no message was built, so no message id)."""

@@ -30,7 +30,9 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from enum import IntEnum
 from pathlib import Path
+from typing import NamedTuple
 
 #: Tombstones are kept twice Segment's ~24 h de-duplication look-back
 #: (https://segment.com/docs/guides/duplicate-data/), so a record deleted and re-added within it keeps
@@ -48,13 +50,68 @@ CREATE TABLE IF NOT EXISTS {db}.pending (pk TEXT, mapping TEXT, kind TEXT, PRIMA
     WITHOUT ROWID;
 """
 
-#: ``(previous checksum, known, version, uncertain)`` of one record, see :meth:`SnapshotStore.add_and_look_up`;
-#: the flags are SQLite's 0 and 1 (rows come back from SQLite as they are).
-Lookup = tuple[int | None, int, int, int]
-_NEW: Lookup = (None, 0, 1, 0)
-#: :meth:`SnapshotStore.look_up`'s lookup with the held mapping checksums (see there) appended.
-MappingLookup = tuple[int | None, int, int, int, bytes | int | None]
-_NEW_MAPPED: MappingLookup = (None, 0, 1, 0, None)
+
+class Certainty(IntEnum):
+    """
+    How sure the snapshot is of what Segment holds for a record: a lookup's ``uncertain`` (SQLite returns
+    the plain integers, which compare equal to these; anything but :attr:`CERTAIN` is true).
+    """
+
+    #: Segment holds the snapshot's checksum.
+    CERTAIN = 0
+    #: A message for the record may or may not have been accepted (a timeout, or a try that died before
+    #: committing): Segment may hold another value, so the record is sent even when its value did not change.
+    UNCERTAIN = 1
+    #: Segment holds the snapshot's checksum, but a mapping of an earlier run rejected a message of the record
+    #: for bad data: it is built again through that mapping (:meth:`SnapshotStore.pending_messages`).
+    PENDING = 2
+
+
+#: A lookup's ``held_mappings`` for an unchanged record whose mapping checksums the snapshot has (the usual
+#: case: they are not read back, see :meth:`SnapshotStore.look_up`).
+MAPPINGS_UNCHANGED = 0
+
+
+class Lookup(NamedTuple):
+    """
+    What the previous snapshot says of one record (:meth:`SnapshotStore.add_and_look_up`).
+
+    :param held: the checksum Segment holds; ``None`` when unknown or an unconfirmed add.
+    :param known: whether the previous snapshot has the record (SQLite's 0 or 1).
+    :param version: the version a change sent now carries (the held version when nothing changed).
+    :param uncertain: a :class:`Certainty`.
+    """
+
+    held: int | None
+    known: int
+    version: int
+    uncertain: int
+
+
+class MappingLookup(NamedTuple):
+    """
+    A :class:`Lookup` with the mapping checksums Segment holds (:meth:`SnapshotStore.look_up` of a store made
+    with ``per_mapping``).
+
+    :param held_mappings: the packed mapping checksums Segment holds for a record whose checksum changed
+        (``None`` when unknown), :data:`MAPPINGS_UNCHANGED` for an unchanged record that has them, ``None``
+        for an unchanged record without them (a snapshot written before they existed).
+    """
+
+    held: int | None
+    known: int
+    version: int
+    uncertain: int
+    held_mappings: bytes | int | None
+
+
+_NEW = Lookup(None, 0, 1, Certainty.CERTAIN)
+_NEW_MAPPED = MappingLookup(None, 0, 1, Certainty.CERTAIN, None)
+
+
+def _named(lookup_type: type[Lookup] | type[MappingLookup], rows: Iterable[tuple]) -> list:
+    """SQLite's rows as ``lookup_type``: ``tuple.__new__`` called from ``map``, no Python frame per row."""
+    return list(map(tuple.__new__, itertools.repeat(lookup_type), rows))
 
 
 def prepare_previous(path: Path | None, workdir: Path, unconfirmed: Iterable[tuple[str, int]]) -> Path | None:
@@ -165,11 +222,12 @@ class SnapshotStore:
             joins += " LEFT JOIN prev.uncertain u ON u.pk = k.pk"
             uncertain = "u.pk IS NOT NULL"
         if self.db.execute("SELECT 1 FROM prev.pending LIMIT 1").fetchone():
-            # 2 marks a record with pending messages (see pending_messages()).
+            # A record with pending messages (see pending_messages()).
             self._has_pending = True
             uncertain = (
-                f"CASE WHEN {uncertain} THEN 1 "
-                "WHEN EXISTS (SELECT 1 FROM prev.pending pd WHERE pd.pk = k.pk) THEN 2 ELSE 0 END"
+                f"CASE WHEN {uncertain} THEN {Certainty.UNCERTAIN:d} "
+                f"WHEN EXISTS (SELECT 1 FROM prev.pending pd WHERE pd.pk = k.pk) THEN {Certainty.PENDING:d} "
+                f"ELSE {Certainty.CERTAIN:d} END"
             )
         tombstone_version = "0"
         if self.db.execute("SELECT 1 FROM prev.tombstone LIMIT 1").fetchone():
@@ -193,12 +251,13 @@ class SnapshotStore:
         # The held mapping checksums matter only for a record whose checksum changed; for an unchanged one
         # the lookup says only whether they are there (0) or must be filled in (NULL, an upgraded snapshot).
         held_mappings = (
-            ", CASE WHEN p.checksum = k.checksum AND p.mapping_checksums IS NOT NULL THEN 0 "
+            f", CASE WHEN p.checksum = k.checksum AND p.mapping_checksums IS NOT NULL THEN {MAPPINGS_UNCHANGED} "
             "ELSE p.mapping_checksums END"
             if per_mapping
             else ""
         )
         self._per_mapping = per_mapping
+        self._lookup_type = MappingLookup if per_mapping else Lookup
         self._looked_up = 0
         self._lookup_sql = f"""
             SELECT p.checksum, p.pk IS NOT NULL, {version}, {uncertain}{held_mappings}
@@ -215,11 +274,8 @@ class SnapshotStore:
         Look up a chunk of records and add them to the current snapshot.
 
         :param chunk: ``(pk, checksum, cursor sort key or None)`` per record, unique within the chunk.
-        :return: per record, ``None`` for a duplicate of a record earlier in this run (not added), else
-            ``(previous checksum, known, version, uncertain)``: the checksum Segment holds (``None`` when
-            unknown or unconfirmed), whether the previous snapshot has the record (0 or 1), the version a
-            change sent now carries (the held version when nothing changed), and whether Segment may hold
-            another value (0 or 1; 2 for a record an earlier run's mapping rejected, see :meth:`mark_rejected`).
+        :return: per record, ``None`` for a duplicate of a record earlier in this run (not added), else its
+            :class:`Lookup` (a :class:`MappingLookup` with ``per_mapping``).
         """
         db = self.db
         self._chunks += 1
@@ -242,7 +298,7 @@ class SnapshotStore:
         else:
             added = db.execute(self._insert_sql, (number,)).rowcount
             if added == len(chunk):
-                return db.execute(self._lookup_sql).fetchall()
+                return _named(self._lookup_type, db.execute(self._lookup_sql))
         firsts = [
             chunk_number == number
             for (chunk_number,) in db.execute(
@@ -251,10 +307,8 @@ class SnapshotStore:
         ]
         if self._first_run:
             return [_NEW if first else None for first in firsts]
-        return [
-            lookup if first else None
-            for first, lookup in zip(firsts, db.execute(self._lookup_sql), strict=True)
-        ]
+        lookups = _named(self._lookup_type, db.execute(self._lookup_sql))
+        return [lookup if first else None for first, lookup in zip(firsts, lookups, strict=True)]
 
     def look_up(self, chunk: Sequence[tuple[str, int, object]]) -> list[Lookup] | list[MappingLookup]:
         """
@@ -262,10 +316,8 @@ class SnapshotStore:
         :meth:`set_mapping_checksums` may follow, then :meth:`add` must.
 
         :param chunk: as for :meth:`add_and_look_up`.
-        :return: per record, as :meth:`add_and_look_up` (a duplicate is found only by :meth:`add`); with
-            ``per_mapping``, a fifth item: the packed mapping checksums Segment holds for a record whose
-            checksum changed (``None`` when unknown), ``0`` for an unchanged record that has them, ``None``
-            for an unchanged record without them (a snapshot written before they existed).
+        :return: per record, its :class:`Lookup`, or with ``per_mapping`` its :class:`MappingLookup` (a
+            duplicate is found only by :meth:`add`).
         """
         db = self.db
         db.execute("DELETE FROM chunk")
@@ -274,7 +326,7 @@ class SnapshotStore:
         self._looked_up = len(chunk)
         if self._first_run:
             return [_NEW_MAPPED if self._per_mapping else _NEW] * len(chunk)
-        return db.execute(self._lookup_sql).fetchall()
+        return _named(self._lookup_type, db.execute(self._lookup_sql))
 
     def set_mapping_checksums(self, rows: Iterable[tuple[bytes, bytes | None, int]]) -> None:
         """
@@ -315,7 +367,10 @@ class SnapshotStore:
         self.db.executemany("UPDATE current SET failed = 1 WHERE pk = ?", ((pk,) for pk in pks))
 
     def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
-        """Record ``(pk, mapping, change kind)`` of messages rejected for bad data; they stay pending."""
+        """
+        Record ``(pk, mapping, change kind)`` of messages rejected for bad data (the pipeline's
+        :class:`~..pipeline.records.Rejection`); they stay pending.
+        """
         self.db.executemany(
             "INSERT OR IGNORE INTO rejections (pk, mapping, kind) VALUES (?, ?, ?)", rejections
         )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from airflow_provider_segment_profiles.pipeline.records import Change, Record
+from airflow_provider_segment_profiles.pipeline.records import Change, Record, Rejection
 
 
 class ChangeDetector(Protocol):
@@ -34,8 +34,11 @@ class ChangeDetector(Protocol):
         """An open warehouse connection the source must read through (``None``: the source opens its own)."""
 
     @property
-    def rows_fetched(self) -> int:
-        """Rows that crossed the network from the warehouse (the summary's ``rows_fetched``)."""
+    def rows_fetched(self) -> int | None:
+        """
+        Rows that crossed the network from the warehouse (the summary's ``rows_fetched``); ``None`` when
+        that is every row the source read (the run then reports the source's count).
+        """
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """
@@ -48,8 +51,8 @@ class ChangeDetector(Protocol):
 
     def detect(self, records: Sequence[Record]) -> list[Change]:
         """
-        Classify one chunk of records. Each is counted in the accounting as added, updated, unchanged, or
-        rejected (a unique identifier an earlier chunk had).
+        Classify one chunk of records. Each is reported to the run's :class:`~..outcomes.OutcomeSink` as
+        added, updated, unchanged, or rejected (a unique identifier an earlier chunk had).
 
         :return: the added and updated records, in order (unchanged ones need no message).
         """
@@ -90,9 +93,9 @@ class ChangeDetector(Protocol):
     def mark_delete_failed(self, keys: Iterable[str]) -> None:
         """A deleted record's message was not delivered: it counts as deleted again next run."""
 
-    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
+    def mark_rejected(self, rejections: Iterable[Rejection]) -> None:
         """
-        ``(unique identifier, mapping, change kind)`` of messages a mapping rejected for bad data. They stay
+        Messages a mapping rejected for bad data (unique identifier, mapping, change kind). They stay
         pending: the next run builds and validates the record again through those mappings even when its
         values did not change (then it detects it as an ``unchanged`` change whose
         :attr:`~..records.Change.pending` names the mappings), until they are delivered or the record leaves

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.config import SyncConfig
     from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 #: The ``change_detection`` values.
@@ -31,6 +32,7 @@ def make_detector(
     location: StateLocation,
     workdir: Path,
     accounting: SyncAccounting,
+    outcomes: OutcomeSink,
     warehouse: DbApiHook,
     mappings: Sequence[CompiledMapping],
     journal_tag: str | None,
@@ -40,6 +42,8 @@ def make_detector(
     """
     The run's change detector for ``config.change_detection``.
 
+    :param accounting: the run's accounting, which the warehouse engine adds its counts to.
+    :param outcomes: where the worker engine reports its outcomes (:mod:`..outcomes`).
     :param refresh_from: on a full refresh, the committed state whose records are still deleted when the
         model no longer has them (see :mod:`.carry_over`); the other engine's state is read for the new one.
     :raises StateError: the committed state was built by the other engine (switching needs a full refresh,
@@ -81,7 +85,7 @@ def make_detector(
         previous=previous,
         head=head,
         workdir=workdir,
-        accounting=accounting,
+        outcomes=outcomes,
         primary_key=config.primary_key,
         journal_tag=journal_tag,
         log=log,

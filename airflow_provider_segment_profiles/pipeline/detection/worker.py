@@ -21,19 +21,27 @@ from airflow_provider_segment_profiles.pipeline.detection.checksum import (
     followed_mappings,
     mapping_checksums_for,
 )
-from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, new
+from airflow_provider_segment_profiles.pipeline.records import Change, ChangeKind, Record, Rejection, new
 from airflow_provider_segment_profiles.pipeline.source import duplicate_reason
 from airflow_provider_segment_profiles.state.journal import SendJournal
-from airflow_provider_segment_profiles.state.snapshot import SnapshotStore, prepare_previous
+from airflow_provider_segment_profiles.state.snapshot import (
+    MAPPINGS_UNCHANGED,
+    Certainty,
+    MappingLookup,
+    SnapshotStore,
+    prepare_previous,
+)
 from airflow_provider_segment_profiles.state.watermark import sort_key
 
 if TYPE_CHECKING:
     from airflow_provider_segment_profiles.actions import CompiledMapping
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 _ADDED, _UPDATED, _UNCHANGED = ChangeKind.ADDED, ChangeKind.UPDATED, ChangeKind.UNCHANGED
+#: Plain ints: SQLite's values compare with them on the fast path.
+_CERTAIN, _PENDING = int(Certainty.CERTAIN), int(Certainty.PENDING)
 
 
 def deleted_token(held_checksum: int | None, version: int) -> str:
@@ -56,7 +64,7 @@ class WorkerChangeDetector:
     :param location: where the sync's state lives.
     :param previous: the committed state this run compares against (``None``: every record is new).
     :param workdir: local folder for the snapshot files of this run.
-    :param accounting: receives every record's classification.
+    :param outcomes: receives every chunk's classifications and the records rejected as repeated.
     :param primary_key: the unique identifier column (for rejection reasons).
     :param journal_tag: this try's name, a safe path component; ``None`` writes no journal (dry runs).
     :param log: the task's logger.
@@ -78,7 +86,7 @@ class WorkerChangeDetector:
         previous: SyncState | None,
         head: SyncState | None,
         workdir: Path,
-        accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         primary_key: str,
         journal_tag: str | None,
         log: Any,
@@ -87,7 +95,7 @@ class WorkerChangeDetector:
         carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
-        self.accounting = accounting
+        self.outcomes = outcomes
         self.primary_key = primary_key
         self._max_cursor: Any = None
         self._max_cursor_key: Any = None
@@ -142,9 +150,9 @@ class WorkerChangeDetector:
         return None
 
     @property
-    def rows_fetched(self) -> int:
-        """Every row read crossed the network."""
-        return self.accounting.rows_read
+    def rows_fetched(self) -> None:
+        """Every row the source read crossed the network (``None``: the source's count)."""
+        return None
 
     def bind(self, columns: Sequence[str], used_columns: Sequence[int], seed: str) -> None:
         """Set up the checksum over the used columns, and one per followed mapping over its own columns."""
@@ -158,7 +166,7 @@ class WorkerChangeDetector:
         assert checksummer is not None, "bind() first"
         checksums = [checksummer(record.row) for record in records]
         store = self.store
-        lookups: list[Any] = store.look_up(
+        lookups: list[MappingLookup | None] = store.look_up(  # type: ignore[assignment]  # per_mapping
             [
                 (record.key, checksum, record.cursor_key)
                 for record, checksum in zip(records, checksums, strict=True)
@@ -178,23 +186,22 @@ class WorkerChangeDetector:
                 [
                     record.key
                     for record, lookup in zip(records, lookups, strict=True)
-                    if lookup and lookup[3] == 2
+                    if lookup and lookup.uncertain == _PENDING
                 ]
             )
         max_key = self._max_cursor_key
         for position, (record, checksum, lookup) in enumerate(zip(records, checksums, lookups, strict=True)):
             if lookup is None:
-                self.accounting.reject_record(
+                self.outcomes.reject_record(
                     record.key, duplicate_reason(self.primary_key, record.key), self.primary_key
                 )
                 continue
-            row, key, cursor_value, cursor_key = record
-            held, known, version, uncertain, _held_mappings = lookup
+            uncertain = lookup.uncertain
             retry: tuple[str, ...] = ()
-            if uncertain == 2:  # messages an earlier run rejected: see SnapshotStore.pending_messages
-                retry = tuple(mapping for mapping, _kind in pending.get(key, ()))
-                uncertain = 0
-            kind = _ADDED if self.refresh else classify(known, held, checksum, uncertain)
+            if uncertain == _PENDING:  # messages an earlier run rejected: see SnapshotStore.pending_messages
+                retry = tuple(mapping for mapping, _kind in pending.get(record.key, ()))
+                uncertain = _CERTAIN
+            kind = _ADDED if self.refresh else classify(lookup.known, lookup.held, checksum, uncertain)
             changed_mappings = None
             if kind is _UPDATED and by_mapping:
                 changed_mappings = by_mapping.get(position)
@@ -203,9 +210,10 @@ class WorkerChangeDetector:
                         changed_mappings = None
                     else:  # its checksum changed (a mapping was removed), no mapping's inputs did
                         kind = _UNCHANGED
+            cursor_key = record.cursor_key
             if cursor_key is not None and (max_key is None or cursor_key > max_key):
                 max_key = cursor_key
-                self._max_cursor = cursor_value
+                self._max_cursor = record.cursor_value
             if kind is _UNCHANGED:
                 unchanged += 1
                 if not retry:
@@ -213,29 +221,32 @@ class WorkerChangeDetector:
                 retried += 1  # unchanged, but built again through the mappings that rejected it
             else:
                 added += kind is _ADDED
+            version = lookup.version
             changes.append(
                 new(
                     Change,
                     (
                         kind,
-                        key,
-                        row,
+                        record.key,
+                        record.row,
                         token(checksum_hex(checksum), version),
                         version,
-                        cursor_value,
+                        record.cursor_value,
                         retry,
                         changed_mappings,
                     ),
                 )
             )
         self._max_cursor_key = max_key
-        counts = self.accounting.records
-        counts[_UNCHANGED] += unchanged
-        counts[_ADDED] += added
-        counts[_UPDATED] += len(changes) - added - retried
+        outcomes = self.outcomes
+        outcomes.classified(_UNCHANGED, unchanged)
+        outcomes.classified(_ADDED, added)
+        outcomes.classified(_UPDATED, len(changes) - added - retried)
         return changes
 
-    def _changed_mappings(self, records: Sequence[Record], lookups: list[Any]) -> dict[int, tuple[str, ...]]:
+    def _changed_mappings(
+        self, records: Sequence[Record], lookups: Sequence[MappingLookup]
+    ) -> dict[int, tuple[str, ...]]:
         """
         Compute the mapping checksums of the looked-up records that need them (those whose checksum changed,
         added ones, and unchanged ones an upgraded snapshot has none for), hand them to the store, and return
@@ -247,12 +258,13 @@ class WorkerChangeDetector:
         names = mapping_checksums.names
         changed: dict[int, tuple[str, ...]] = {}
         rows: list[tuple[bytes, bytes | None, int]] = []
-        # 0: unchanged, with its mapping checksums (the usual case); see SnapshotStore.look_up.
-        for position in [p for p, lookup in enumerate(lookups) if lookup[4] != 0]:
-            held, _known, _version, _uncertain, held_mappings = lookups[position]
+        # Unchanged records with their mapping checksums (the usual case) need none; see SnapshotStore.look_up.
+        for position in [p for p, lookup in enumerate(lookups) if lookup.held_mappings != MAPPINGS_UNCHANGED]:
+            lookup = lookups[position]
+            held_mappings = lookup.held_mappings
             digests = mapping_checksums(records[position].row)
             kept = None
-            if held is not None and held_mappings is not None:
+            if lookup.held is not None and held_mappings is not None:
                 changed[position], kept = changed_among(names, digests, held_mappings)
             rows.append((b"".join(digests), kept, position + 1))
         if rows:
@@ -280,7 +292,7 @@ class WorkerChangeDetector:
             return
         deleted = ChangeKind.DELETED
         for chunk in self.store.deleted():
-            self.accounting.records[deleted] += len(chunk)
+            self.outcomes.classified(deleted, len(chunk))
             yield [
                 Change(deleted, key, None, deleted_token(held, version), version)
                 for key, held, version in chunk
@@ -302,7 +314,7 @@ class WorkerChangeDetector:
         """See :meth:`SnapshotStore.mark_delete_failed`."""
         self.store.mark_delete_failed(keys)
 
-    def mark_rejected(self, rejections: Iterable[tuple[str, str, str]]) -> None:
+    def mark_rejected(self, rejections: Iterable[Rejection]) -> None:
         """See :meth:`SnapshotStore.mark_rejected` (diff mode; other modes keep no per-record values)."""
         if self.mode.retries_rejected:
             self.store.mark_rejected(rejections)

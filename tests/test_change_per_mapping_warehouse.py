@@ -33,17 +33,80 @@ ROWS = [("1", "a@e", "free", "Ann"), ("2", "b@e", "free", "Bo"), ("3", "c@e", "f
 
 
 class Sqlite:
+    placeholder, state_schema, id_type = "?", "segment_profiles", "TEXT"
+
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "warehouse.db"
 
     def connect(self):
         return sqlite3.connect(self.path)
 
+    def hook(self):
+        return SimpleNamespace(get_conn=self.connect)
+
     def close(self) -> None:
         pass
 
 
+class DuckDb(Sqlite):
+    """A DuckDB file through the ASF DuckDB provider's hook."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "warehouse.duckdb"
+
+    def connect(self):
+        import duckdb
+
+        return duckdb.connect(str(self.path))
+
+    def hook(self):
+        from airflow.providers.duckdb.hooks.duckdb import DuckDBHook
+
+        return DuckDBHook(database=str(self.path))
+
+
+class MariaDb:
+    """A fresh database on the MariaDB server through the MySQL provider's hook; it holds the state too."""
+
+    placeholder, id_type = "%s", "VARCHAR(40)"
+
+    def __init__(self, params: dict, monkeypatch) -> None:
+        import json
+
+        import mysql.connector
+
+        self.params, self.connector = params, mysql.connector
+        self.state_schema = self.name = f"sp_permap_{uuid.uuid4().hex[:10]}"
+        self.admin = mysql.connector.connect(**params)
+        self.admin.autocommit = True
+        self.admin.cursor().execute(f"CREATE DATABASE {self.name} CHARACTER SET utf8mb4")
+        conn = {
+            "conn_type": "mysql",
+            "host": params["host"],
+            "port": params["port"],
+            "login": params["user"],
+            "password": params["password"],
+            "schema": self.name,
+            "extra": {"client": "mysql-connector-python"},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_PERMAP_WH", json.dumps(conn))
+
+    def connect(self):
+        return self.connector.connect(**{**self.params, "database": self.name})
+
+    def hook(self):
+        from airflow.providers.mysql.hooks.mysql import MySqlHook
+
+        return MySqlHook(mysql_conn_id="permap_wh")
+
+    def close(self) -> None:
+        self.admin.cursor().execute(f"DROP DATABASE IF EXISTS {self.name}")
+        self.admin.close()
+
+
 class Postgres:
+    placeholder, state_schema, id_type = "%s", "segment_profiles", "TEXT"
+
     def __init__(self, dsn: str) -> None:
         import psycopg
 
@@ -55,14 +118,38 @@ class Postgres:
     def connect(self):
         return self.psycopg.connect(f"{self.dsn} dbname={self.name}")
 
+    def hook(self):
+        return SimpleNamespace(get_conn=self.connect)
+
     def close(self) -> None:
         self.admin.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
         self.admin.close()
 
 
+def _warehouse(request, tmp_path, monkeypatch):
+    if request.param == "sqlite":
+        wh = Sqlite(tmp_path)
+    elif request.param == "duckdb":
+        wh = DuckDb(tmp_path)
+    elif request.param == "postgres":
+        wh = Postgres(request.getfixturevalue("postgres_dsn"))
+    else:
+        wh = MariaDb(request.getfixturevalue("mariadb_params"), monkeypatch)
+    return wh
+
+
+@pytest.fixture(params=["sqlite", "postgres", "duckdb", "mariadb"])
+def warehouse(request, tmp_path, monkeypatch):
+    wh = _warehouse(request, tmp_path, monkeypatch)
+    yield wh
+    wh.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def warehouse(request, tmp_path):
-    wh = Sqlite(tmp_path) if request.param == "sqlite" else Postgres(request.getfixturevalue("postgres_dsn"))
+def wrappable_warehouse(request, tmp_path, monkeypatch):
+    """The warehouses whose DB-API connection :class:`_Between` can wrap (DuckDB's session and the MySQL
+    connector look at the connection's own class), for the tests that write between the two readings."""
+    wh = _warehouse(request, tmp_path, monkeypatch)
     yield wh
     wh.close()
 
@@ -71,9 +158,8 @@ def _load(wh, rows) -> None:
     conn = wh.connect()
     cursor = conn.cursor()
     cursor.execute("DROP TABLE IF EXISTS customers")
-    cursor.execute("CREATE TABLE customers (id TEXT, email TEXT, plan TEXT, name TEXT)")
-    placeholder = "?" if isinstance(wh, Sqlite) else "%s"
-    cursor.executemany(f"INSERT INTO customers VALUES ({', '.join([placeholder] * 4)})", rows)
+    cursor.execute(f"CREATE TABLE customers (id {wh.id_type}, email TEXT, plan TEXT, name TEXT)")
+    cursor.executemany(f"INSERT INTO customers VALUES ({', '.join([wh.placeholder] * 4)})", rows)
     conn.commit()
     conn.close()
 
@@ -101,6 +187,15 @@ class _Between:
 def _between(conn, statement: str) -> _Between:
     # The engine picks its dialect by the connection's module, so the wrapper carries the driver's.
     return type("Between", (_Between,), {"__module__": type(conn).__module__})(conn, statement)
+
+
+def _hook_between(hook, between: str | None):
+    """``hook``, whose connections run ``between`` before the second reading (:class:`_Between`)."""
+    if between is None:
+        return hook
+    return SimpleNamespace(
+        get_conn=lambda: _between(hook.get_conn(), between), dialect_name=getattr(hook, "dialect_name", None)
+    )
 
 
 class _BetweenCursor:
@@ -135,14 +230,14 @@ def run_changes(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejecte
     run = f"r{(head.generation if head else 0) + 1}"
     detector = WarehouseChangeDetector(
         mode=get_mode("diff"),
-        hook=SimpleNamespace(get_conn=lambda: _between(wh.connect(), between) if between else wh.connect()),
+        hook=_hook_between(wh.hook(), between),
         location=location,
         previous=head,
         head=head,
-        accounting=SyncAccounting([m.name for m in compiled]),
+        outcomes=SyncAccounting([m.name for m in compiled]),
         primary_key="id",
         mappings=compiled,
-        state_schema="segment_profiles",
+        state_schema=wh.state_schema,
         full_refresh=False,
         dry_run=False,
         journal_tag=run,
@@ -176,7 +271,7 @@ def run_changes(wh, tmp_path: Path, head, rows, defined=None, failed=(), rejecte
             try_number=1,
         )
         detector.after_commit()
-        unchanged = detector.accounting.records[ChangeKind.UNCHANGED]
+        unchanged = detector.outcomes.records[ChangeKind.UNCHANGED]
     finally:
         detector.close()
     return head, changes, unchanged
@@ -249,35 +344,39 @@ def test_adding_removing_and_editing_mappings_touches_only_those_mappings(wareho
 
 
 # -- the model read twice: the diff from identifiers and checksums, then the changed rows' columns ----------
-def test_a_row_changed_between_the_two_readings_is_sent_and_committed_as_read_second(warehouse, tmp_path):
-    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+def test_a_row_changed_between_the_two_readings_is_sent_and_committed_as_read_second(
+    wrappable_warehouse, tmp_path
+):
+    head, _, _ = run_changes(wrappable_warehouse, tmp_path, None, ROWS)
     rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
     late = "UPDATE customers SET email = 'late@e' WHERE id = '1'"
-    head, changes, _ = run_changes(warehouse, tmp_path, head, rows, between=late)
+    head, changes, _ = run_changes(wrappable_warehouse, tmp_path, head, rows, between=late)
     (change,) = changes
     assert change.key == "1" and tuple(change.row) == ("1", "late@e", "pro", "Ann")
     # The state took the checksum of what was sent: the table as it is now is unchanged.
-    _, changes, unchanged = run_changes(warehouse, tmp_path, head, None)
+    _, changes, unchanged = run_changes(wrappable_warehouse, tmp_path, head, None)
     assert changes == [] and unchanged == 3
 
 
-def test_a_record_gone_at_the_second_reading_is_neither_sent_nor_committed(warehouse, tmp_path, caplog):
-    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+def test_a_record_gone_at_the_second_reading_is_neither_sent_nor_committed(
+    wrappable_warehouse, tmp_path, caplog
+):
+    head, _, _ = run_changes(wrappable_warehouse, tmp_path, None, ROWS)
     rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
     gone = "DELETE FROM customers WHERE id = '1'"
     with caplog.at_level(logging.WARNING, logger=LOG.name):
-        head, changes, unchanged = run_changes(warehouse, tmp_path, head, rows, between=gone)
+        head, changes, unchanged = run_changes(wrappable_warehouse, tmp_path, head, rows, between=gone)
     assert changes == [] and unchanged == 2
     assert "1 changed records were gone or changed again" in caplog.text
     # Its state is as before: the next run finds it deleted and sends the delete.
-    _, changes, unchanged = run_changes(warehouse, tmp_path, head, None)
+    _, changes, unchanged = run_changes(wrappable_warehouse, tmp_path, head, None)
     assert [(c.kind, c.key) for c in changes] == [(ChangeKind.DELETED, "1")] and unchanged == 2
 
 
-def test_a_repeat_written_between_the_readings_sends_the_row_the_diff_kept(warehouse, tmp_path):
-    head, _, _ = run_changes(warehouse, tmp_path, None, ROWS)
+def test_a_repeat_written_between_the_readings_sends_the_row_the_diff_kept(wrappable_warehouse, tmp_path):
+    head, _, _ = run_changes(wrappable_warehouse, tmp_path, None, ROWS)
     rows = [("1", "a@e", "pro", "Ann"), *ROWS[1:]]
     repeat = "INSERT INTO customers VALUES ('1', 'dup@e', 'team', 'Dup')"
-    head, changes, _ = run_changes(warehouse, tmp_path, head, rows, between=repeat)
+    head, changes, _ = run_changes(wrappable_warehouse, tmp_path, head, rows, between=repeat)
     (change,) = changes
     assert tuple(change.row) == ("1", "a@e", "pro", "Ann")

@@ -57,7 +57,7 @@ def one_run(folder: Path, path: Path, head: Any) -> dict[str, Any]:
         location=StateLocation((folder / "state").as_uri(), "bench", "duckdb", -1),
         previous=head,
         head=head,
-        accounting=accounting,
+        outcomes=accounting,
         primary_key="id",
         mappings=mappings,
         state_schema="segment_profiles",

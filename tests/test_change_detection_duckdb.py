@@ -264,7 +264,7 @@ def test_repeated_and_null_identifiers_are_rejected_and_failed_records_stay_unce
             location=StateLocation((tmp_path / "state").as_uri(), "dag", "task", -1),
             previous=head,
             head=head,
-            accounting=accounting,
+            outcomes=accounting,
             primary_key="id",
             mappings=mappings,
             state_schema="segment_profiles",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -208,7 +207,9 @@ def test_render_is_what_the_engine_runs_on_sqlite(tmp_path: Path) -> None:
 
     root = tmp_path / "dag" / "task" / "-1"
     location = SimpleNamespace(root=root, journal=root / "journal")
-    accounting = SimpleNamespace(records=Counter(), rows_read=0, reject_record=lambda *args: None)
+    accounting = SimpleNamespace(
+        read=lambda rows: None, classified=lambda kind, records: None, reject_record=lambda *args: None
+    )
     mode = SimpleNamespace(journals_sends=False, detects_deletions=True, tracks_mapping_changes=False)
     mapping = SimpleNamespace(
         uses_all_columns=True,
@@ -224,7 +225,7 @@ def test_render_is_what_the_engine_runs_on_sqlite(tmp_path: Path) -> None:
         location=location,
         previous=None,
         head=None,
-        accounting=accounting,
+        outcomes=accounting,
         primary_key="customer_id",
         mappings=[mapping],
         state_schema="segment_profiles",

@@ -191,7 +191,6 @@ class SyncRun:
                 previous=previous,
                 head=self.head,
                 workdir=workdir,
-                accounting=accounting,
                 outcomes=outcomes,
                 warehouse=self.warehouse,
                 mappings=self.mappings,

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     from airflow_provider_segment_profiles.actions import CompiledMapping
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.config import SyncConfig
     from airflow_provider_segment_profiles.pipeline.detection.base import ChangeDetector
     from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
@@ -31,7 +30,6 @@ def make_detector(
     head: SyncState | None,
     location: StateLocation,
     workdir: Path,
-    accounting: SyncAccounting,
     outcomes: OutcomeSink,
     warehouse: DbApiHook,
     mappings: Sequence[CompiledMapping],
@@ -42,8 +40,7 @@ def make_detector(
     """
     The run's change detector for ``config.change_detection``.
 
-    :param accounting: the run's accounting, which the warehouse engine adds its counts to.
-    :param outcomes: where the worker engine reports its outcomes (:mod:`..outcomes`).
+    :param outcomes: where either engine reports its outcomes (:mod:`..outcomes`).
     :param refresh_from: on a full refresh, the committed state whose records are still deleted when the
         model no longer has them (see :mod:`.carry_over`); the other engine's state is read for the new one.
     :raises StateError: the committed state was built by the other engine (switching needs a full refresh,
@@ -66,7 +63,7 @@ def make_detector(
             location=location,
             previous=previous,
             head=head,
-            accounting=accounting,
+            outcomes=outcomes,
             primary_key=config.primary_key,
             mappings=mappings,
             state_schema=config.state_schema,

@@ -60,8 +60,8 @@ if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     from airflow_provider_segment_profiles.actions import CompiledMapping
-    from airflow_provider_segment_profiles.pipeline.accounting import SyncAccounting
     from airflow_provider_segment_profiles.pipeline.modes import SyncMode
+    from airflow_provider_segment_profiles.pipeline.outcomes import OutcomeSink
     from airflow_provider_segment_profiles.state.location import StateLocation, SyncState
 
 _ADDED, _UPDATED = ChangeKind.ADDED, ChangeKind.UPDATED
@@ -91,7 +91,8 @@ class WarehouseChangeDetector:
     :param location: where the sync's journal lives; also names the sync's state table.
     :param previous: the committed state this run compares against (``None``: first run or full refresh).
     :param head: the committed ``HEAD.json`` (the generation the warehouse state must be at).
-    :param accounting: receives every record's classification.
+    :param outcomes: where the engine reports what it decided (:class:`~...outcomes.OutcomeSink`): rows
+        read, records classified (the unchanged ones counted in SQL included) and rejected.
     :param primary_key: the unique identifier column.
     :param mappings: the compiled mappings (which columns the checksum covers).
     :param state_schema: schema (PostgreSQL) or table-name prefix (SQLite) of the state tables.
@@ -114,7 +115,7 @@ class WarehouseChangeDetector:
         location: StateLocation,
         previous: SyncState | None,
         head: SyncState | None,
-        accounting: SyncAccounting,
+        outcomes: OutcomeSink,
         primary_key: str,
         mappings: Sequence[CompiledMapping],
         state_schema: str,
@@ -126,7 +127,7 @@ class WarehouseChangeDetector:
         carried: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         self.mode = mode
-        self.accounting = accounting
+        self.outcomes = outcomes
         self.primary_key = primary_key
         self.mappings = list(mappings)
         self.schema = state_schema
@@ -400,8 +401,8 @@ class WarehouseChangeDetector:
         kept = self._scalar(f"SELECT count(*) FROM {self._t('cur')}")
         changed = int(self._scalar(f"SELECT count(*) FROM {self._t('diff')} WHERE kind <> 'deleted'"))
         unchanged = int(kept) - changed
-        self.accounting.records[ChangeKind.UNCHANGED] += unchanged
-        self.accounting.rows_read += unchanged
+        self.outcomes.classified(ChangeKind.UNCHANGED, unchanged)
+        self.outcomes.read(unchanged)
         read = self._read_changed(model, parameters, types, label, changed)
         self.log.info(
             "Warehouse change detection (state %s): %d records, %d changed (fetched), %d unchanged (counted "
@@ -455,8 +456,8 @@ class WarehouseChangeDetector:
         nulls = [row[0] for row in cursor.fetchall()]
         cursor.close()
         for position in nulls:
-            self.accounting.rows_read += 1
-            self.accounting.reject_record(
+            self.outcomes.read(1)
+            self.outcomes.reject_record(
                 None,
                 f"the unique identifier {self.primary_key!r} is NULL (row {position} of the result)",
                 self.primary_key,
@@ -474,7 +475,7 @@ class WarehouseChangeDetector:
         identifier makes the index fail (inside a savepoint), and only then are the repeats looked for;
         elsewhere (Snowflake) they are looked for with a query. Repeats are rejected and left out.
         """
-        accounting = self.accounting
+        outcomes = self.outcomes
         if self.dialect.unique_indexes and self._unique_current_records(
             sql.current_records(self.dialect, without_repeats=False)
         ):
@@ -484,8 +485,8 @@ class WarehouseChangeDetector:
         cursor.close()
         for key, extra in duplicates:
             for _ in range(int(extra)):
-                accounting.rows_read += 1
-                accounting.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
+                outcomes.read(1)
+                outcomes.reject_record(key, duplicate_reason(self.primary_key, key), self.primary_key)
         self._execute(sql.current_records(self.dialect, without_repeats=bool(duplicates))).close()
         self._maybe(self.dialect.temp_index("sp_cur", "pk", unique=True))
         self._analyze("sp_cur")
@@ -642,10 +643,10 @@ class WarehouseChangeDetector:
         if digests_rows:
             self._insert(f"INSERT INTO {self._t('mapsums')} (pk, current, kept, unchanged)", digests_rows, 4)
         self.rows_fetched += len(records)
-        counts = self.accounting.records
-        counts[_ADDED] += added
-        counts[_UPDATED] += len(changes) - added
-        counts[ChangeKind.UNCHANGED] += unchanged
+        outcomes = self.outcomes
+        outcomes.classified(_ADDED, added)
+        outcomes.classified(_UPDATED, len(changes) - added)
+        outcomes.classified(ChangeKind.UNCHANGED, unchanged)
         return changes
 
     def write_ahead(self, changes: Sequence[Change]) -> None:
@@ -672,7 +673,7 @@ class WarehouseChangeDetector:
         deleted = ChangeKind.DELETED
         try:
             while rows := cursor.fetchmany(5000):
-                self.accounting.records[deleted] += len(rows)
+                self.outcomes.classified(deleted, len(rows))
                 yield [
                     Change(deleted, pk, None, f"{'unconfirmed' if held is None else held}.{int(v)}", int(v))
                     for pk, held, v in rows

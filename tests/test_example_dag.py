@@ -2,7 +2,7 @@
 The example DAG (``example_dags/example_segment_profiles_sync.py``) on jafgen data, run twice with
 ``dag.test()`` against SQLite and against a fresh PostgreSQL database, into the Segment emulator.
 
-Every figure asserted is computed independently in ``scripts/jaffle_data.py`` from the generated CSV
+Every figure asserted is computed independently in ``airflow_provider_segment_profiles/testing/jaffle.py`` from the generated CSV
 files and the deterministic change made between the two runs, not from the DAG's SQL.
 """
 
@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dags"))
 
-import jaffle_data  # noqa: E402
+from airflow_provider_segment_profiles.testing import jaffle as jaffle_data  # noqa: E402
 
 #: Days of Jaffle Shop to simulate: long enough for the second store to open (day 192), in about a third of
 #: the time jafgen takes for its one year.

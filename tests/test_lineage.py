@@ -291,9 +291,9 @@ def test_columns_star_fields_get_the_parsed_result_columns(
 # ----------------------------------------------------------------------------------------------------------
 # CTEs: every table the model reads is an input, column lineage cites only inputs (issue 23, point 3)
 # ----------------------------------------------------------------------------------------------------------
+from airflow_provider_segment_profiles.testing import jaffle as jaffle_data  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import jaffle_data  # noqa: E402
 
 #: What each example model reads, from reading its SQL (the CTEs' names are never tables).
 EXAMPLE_INPUTS = {

@@ -2,7 +2,8 @@
 Jaffle Shop data for the example DAG: generate it with ``jafgen``, load it into SQLite or PostgreSQL,
 change it deterministically between two runs, and compute what each run of the example DAG must report.
 
-Used by ``scripts/demo.py`` and ``tests/test_example_dag.py``. The expected figures are computed here in
+Used by ``scripts/demo.py`` (``make demo``) and the tests of the example DAG; importable as
+``airflow_provider_segment_profiles.testing.jaffle`` so that a user's own test of the example can use it too. The expected figures are computed here in
 Python from the CSV files and the list of changes, independently of the DAG's SQL.
 """
 

@@ -245,7 +245,8 @@ class WarehouseChangeDetector:
                 raise  # a lost connection is no missing grant: Airflow retries it
             raise ConfigurationError(
                 f"change_detection='warehouse' keeps its state in the warehouse, but creating the state "
-                f"{step} {self.state} was refused ({type(err).__name__}: {err}). "
+                f"{step} {self.schema if step == 'schema' else self.state} was refused "
+                f"({type(err).__name__}: {err}). "
                 + dialect.grant_advice(self.schema, step)
                 + "; or use change_detection='worker'."
             ) from err

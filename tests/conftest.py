@@ -101,3 +101,29 @@ def mariadb_params() -> dict:
             pytest.fail(f"CI must test against MariaDB: {reason}")
         pytest.skip(reason)
     return dict(MARIADB)
+
+
+#: Markers given from what a test uses, so that ``-m`` selects by cost without every file saying it:
+#: a test that needs Airflow's metadata database, or a server, in its fixtures or its parameters.
+_MARKED_BY_FIXTURE = {
+    "airflow_db": "airflow_db",
+    "rel_harness": "airflow_db",
+    "postgres_dsn": "postgres",
+    "rel_postgres": "postgres",
+    "mariadb_params": "mariadb",
+}
+_MARKED_BY_PARAMETER = {"postgres": "postgres", "mariadb": "mariadb", "duckdb": "duckdb"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses and the warehouses it is parametrised over (see README)."""
+    for item in items:
+        marks = {
+            mark for name, mark in _MARKED_BY_FIXTURE.items() if name in getattr(item, "fixturenames", ())
+        }
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            values = {str(value) for value in callspec.params.values()} | set(callspec.id.split("-"))
+            marks |= {mark for name, mark in _MARKED_BY_PARAMETER.items() if name in values}
+        for mark in sorted(marks):
+            item.add_marker(mark)

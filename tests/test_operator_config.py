@@ -66,6 +66,7 @@ def test_templated_mappings_are_checked_at_run_time_not_parse_time():
     assert op.mappings == "{{ var.json.segment_mappings }}"
 
 
+@pytest.mark.airflow_db  # runs Airflow's CLI against a metadata database of its own
 def test_airflow_lists_one_import_error_naming_every_problem(tmp_path):
     env = {
         **os.environ,

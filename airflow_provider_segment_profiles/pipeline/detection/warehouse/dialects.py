@@ -270,6 +270,15 @@ class Dialect:
         """Whether a state table exists."""
         raise NotImplementedError
 
+    def in_information_schema(self, cursor: Any, schema: str, name: str) -> bool:
+        """Whether ``information_schema.tables`` lists the table (the SQL standard's catalog views)."""
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            f"WHERE table_schema = {self.ph} AND table_name = {self.ph}",
+            (schema, name),
+        )
+        return bool(cursor.fetchone()[0])
+
     def ensure_schema(self, cursor: Any, schema: str) -> None:
         """Create the state schema when it is absent."""
 
@@ -475,11 +484,7 @@ class SnowflakeDialect(Dialect):
         )
 
     def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
-        cursor.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-            (schema, name),
-        )
-        return bool(cursor.fetchone()[0])
+        return self.in_information_schema(cursor, schema, name)
 
     def ensure_schema(self, cursor: Any, schema: str) -> None:
         cursor.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,))

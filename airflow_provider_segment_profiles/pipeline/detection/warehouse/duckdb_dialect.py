@@ -133,13 +133,6 @@ class DuckDBDialect(Dialect):
     def begin_commit(self, conn: Any) -> None:
         conn.begin()
 
-    def commit(self, conn: Any) -> None:
-        conn.commit()
-
-    def rollback(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-
     def grant_advice(self, schema: str, what: str) -> str:
         return (
             "DuckDB has no grants: the database file (and its folder, for the write-ahead log) must be "

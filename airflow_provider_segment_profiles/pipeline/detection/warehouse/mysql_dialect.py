@@ -31,7 +31,6 @@ What differs from the shared statements (:mod:`.statements`):
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -228,11 +227,7 @@ class MySqlDialect(Dialect):
         return f"{backquote(schema)}.{backquote(name)}"
 
     def table_exists(self, cursor: Any, schema: str, name: str) -> bool:
-        cursor.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-            (schema, name),
-        )
-        return bool(cursor.fetchone()[0])
+        return self.in_information_schema(cursor, schema, name)
 
     def ensure_schema(self, cursor: Any, schema: str) -> None:
         cursor.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,))
@@ -241,13 +236,6 @@ class MySqlDialect(Dialect):
 
     def begin_commit(self, conn: Any) -> None:
         conn.begin()
-
-    def commit(self, conn: Any) -> None:
-        conn.commit()
-
-    def rollback(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            conn.rollback()
 
     def grant_advice(self, schema: str, what: str) -> str:
         if what == "schema":
